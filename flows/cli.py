@@ -1,0 +1,126 @@
+"""The `vae-pipeline` command."""
+
+from __future__ import annotations
+
+import os
+
+# Both tools phone home by default; a batch job on a closed network should not try.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Annotated, Any  # noqa: E402
+
+import typer  # noqa: E402
+
+from vae_model.config import load_config  # noqa: E402
+from vae_model.errors import UserError  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, gate, register and sample VAEs with Prefect and MLflow.")
+
+
+class _HideUserErrorTracebacks(logging.Filter):
+    """Prefect logs every failure with its traceback; a user error needs only its message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_user_errors() -> None:
+    import prefect.logging.configuration  # noqa: F401  (sets up Prefect's handlers)
+
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(_HideUserErrorTracebacks())
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _finish(state: Any, debug: bool) -> Any:
+    """Return a completed flow's result, or print one line for a failed one and exit 1."""
+    if not state.is_failed() and not state.is_crashed():
+        return state.result()
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, UserError) or not isinstance(outcome, BaseException):
+        message = str(outcome) if isinstance(outcome, BaseException) else state.message
+    else:
+        message = f"{type(outcome).__name__}: {outcome} (rerun with --debug for the traceback)"
+        if debug:
+            traceback.print_exception(outcome)
+    _fail(message)
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Option("--config", help="YAML config (default: configs/default.yaml)")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set train.epochs=3")] = None,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks")] = False,
+) -> None:
+    """Run ingest -> train -> validate -> register -> generate as one Prefect flow."""
+    try:
+        path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+        cfg = load_config(path, overrides or [])
+    except UserError as exc:
+        _fail(str(exc), 2)
+    if not debug:
+        _quiet_user_errors()
+    from flows.pipeline import pipeline
+
+    result = _finish(pipeline(cfg.to_dict(), return_state=True), debug)
+    model, samples = result["model"], result["samples"]
+    typer.echo(result["gate"])
+    typer.echo(f"registered {model['name']} version {model['version']} as {model['uri']}")
+    typer.echo(f"wrote {samples['rows']} samples to {samples['out_dir']} (manifest: {samples['manifest']})")
+    typer.echo(f"MLflow run {result['run_id']}")
+
+
+@app.command()
+def generate(
+    model: Annotated[str, typer.Option("--model", help="models:/NAME@ALIAS or models:/NAME/VERSION")],
+    num_samples: Annotated[int, typer.Option("--num-samples", help="How many samples")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory")],
+    seed: Annotated[int, typer.Option(help="Sampling seed")] = 0,
+    format: Annotated[str, typer.Option("--format", help="parquet, png or parquet,png")] = "parquet,png",
+    labels: Annotated[str | None, typer.Option(help="Conditional models: 3, 0,1,2 or 0:0.7,1:0.3")] = None,
+    shard_size: Annotated[int, typer.Option(help="Samples per shard")] = 65536,
+    overwrite: Annotated[bool, typer.Option(help="Replace another request's output in --out")] = False,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking/registry URI")] = None,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks")] = False,
+) -> None:
+    """Generate samples from a registered model (streamed shards, manifest last)."""
+    formats = [f.strip() for f in format.split(",") if f.strip()]
+    if not debug:
+        _quiet_user_errors()
+    from flows.generate import generate as generate_flow
+
+    state = generate_flow(
+        str(model), num_samples, str(out), seed=seed, formats=formats, labels=labels,
+        shard_size=shard_size, overwrite=overwrite, tracking_uri=tracking_uri, return_state=True,
+    )
+    result = _finish(state, debug)
+    typer.echo(json.dumps(result))
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

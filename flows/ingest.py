@@ -1,0 +1,30 @@
+"""Step 1: load and check the dataset, write its canonical snapshot, log it as the run's input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from prefect import task
+
+from flows import tracking
+from vae_model.config import PipelineConfig
+from vae_model.data import load_source, write_snapshot
+
+
+@task(name="ingest")
+def ingest(config: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Load, check and snapshot the configured dataset."""
+    cfg = PipelineConfig.model_validate(config)
+    train, val = load_source(cfg.data)
+    path, sha = write_snapshot(train, val, cfg.data.snapshot_dir)
+    with tracking.resumed(config["tracking"], run_id):
+        dataset = MetaDataset(resolve_dataset_source(str(path.resolve())), name=train.source, digest=sha[:16])
+        mlflow.log_input(dataset, context="training")
+        mlflow.set_tags({"data_sha256": sha, "data_source": train.source})
+        mlflow.log_metrics({"data_train_examples": len(train), "data_val_examples": len(val)})
+    c, h, w = train.shape
+    return {"snapshot": str(path), "sha256": sha, "n_train": len(train), "n_val": len(val),
+            "shape": [c, h, w], "num_classes": train.num_classes}

@@ -1,0 +1,42 @@
+"""The main job: ingest -> train -> validate -> register -> generate, as one Prefect flow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.states import Failed
+
+from flows import tracking
+from flows.generate import generate
+from flows.ingest import ingest
+from flows.register import register
+from flows.train import train
+from flows.validate import validate
+from vae_model.config import PipelineConfig
+
+
+@flow(name="vae-pipeline")
+def pipeline(config: dict[str, Any]) -> dict[str, Any]:
+    """Train, gate, register and sample a VAE as the config says."""
+    cfg = PipelineConfig.model_validate(config)
+    config = cfg.to_dict()
+    run_id = tracking.start_run(cfg.tracking, run_name=f"{cfg.data.kind}-seed{cfg.train.seed}")
+    try:
+        data = ingest(config, run_id)
+        trained = train(config, data, run_id)
+        report = validate(config, data, trained, run_id)
+        if not report["passed"]:
+            tracking.end_run(run_id, "FAILED")
+            return Failed(message=report["message"])
+        model = register(config, data, trained, report)
+        samples = generate(
+            model["uri"], cfg.generate.num_samples, cfg.generate.out_dir, seed=cfg.generate.seed,
+            formats=cfg.generate.formats, shard_size=cfg.generate.shard_size, overwrite=True,
+            tracking_uri=cfg.tracking.uri,
+        )
+    except BaseException:
+        tracking.end_run(run_id, "FAILED")
+        raise
+    tracking.end_run(run_id, "FINISHED")
+    return {"run_id": run_id, "data": data, "gate": report["message"], "model": model, "samples": samples}

@@ -1,0 +1,46 @@
+"""Registered models: resolving a `models:/` URI to a version, and loading its sampler."""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from vae_model.errors import UserError
+from vae_model.generate import SamplerSpec
+
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+
+
+def resolve(model_uri: str) -> dict[str, Any]:
+    """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> name, version and the sampler's spec."""
+    match = _URI.match(model_uri)
+    if not match:
+        raise UserError(f"--model {model_uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    name, alias, version = match["name"], match["alias"], match["version"]
+    client = MlflowClient()
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException as exc:
+        what = f"alias '{alias}'" if alias else f"version {version}"
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            raise UserError(f"{model_uri}: no registered model '{name}' with {what} in {mlflow.get_registry_uri()}") from None
+        raise
+    meta = mlflow.models.get_model_info(f"models:/{name}/{mv.version}").metadata or {}
+    spec = SamplerSpec(meta["latent_dim"], meta["channels"], meta["height"], meta["width"], meta.get("num_classes", 0))
+    return {"uri": model_uri, "name": name, "version": str(mv.version), "spec": spec.__dict__}
+
+
+def load_sampler(name: str, version: str):
+    """The exported decoder (a torch.export program, never unpickled code)."""
+    return _load(mlflow.get_registry_uri(), name, version)
+
+
+@functools.lru_cache(maxsize=4)
+def _load(registry_uri: str, name: str, version: str):
+    # Keyed by the registry too: one process may talk to several (the tests do).
+    return mlflow.pytorch.load_model(f"models:/{name}/{version}")

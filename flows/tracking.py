@@ -1,0 +1,64 @@
+"""MLflow plumbing shared by the steps: where to track, and reopening the pipeline's run."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+
+from vae_model.config import TrackingConfig
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def use(cfg: TrackingConfig | dict[str, Any]) -> None:
+    """Point MLflow at the configured store; None keeps MLflow's own default (or the env var)."""
+    uri = cfg["uri"] if isinstance(cfg, dict) else cfg.uri
+    if uri:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+
+
+def start_run(cfg: TrackingConfig, run_name: str | None = None) -> str:
+    """Create the run every step of one pipeline execution logs to; return its id."""
+    use(cfg)
+    experiment = mlflow.set_experiment(cfg.experiment)
+    run = MlflowClient().create_run(experiment.experiment_id, run_name=run_name)
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def resumed(cfg: dict[str, Any], run_id: str) -> Iterator[mlflow.ActiveRun]:
+    use(cfg)
+    with mlflow.start_run(run_id=run_id) as run:
+        yield run
+
+
+def end_run(run_id: str, status: str) -> None:
+    MlflowClient().set_terminated(run_id, status)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None

@@ -1,0 +1,61 @@
+"""Training checkpoints: everything needed to resume, loaded without unpickling code."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vae_model.atomic import atomic_path
+from vae_model.config import PipelineConfig, TrainConfig
+from vae_model.model import VAE, VAEConfig
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: VAE,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    epoch: int,
+    history: list[dict[str, float]],
+    train_cfg: TrainConfig,
+) -> None:
+    state = {
+        "model": model.state_dict(),
+        "model_config": model.cfg.to_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "epoch": epoch,
+        "history": history,
+        "train_config": train_cfg.model_dump(mode="json"),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    # weights_only: tensors, numbers, strings and containers only, never arbitrary objects.
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> VAE:
+    state = load_checkpoint(path, device)
+    model = VAE(VAEConfig(**state["model_config"])).to(device)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def checkpoint_path(cfg: PipelineConfig, data_sha256: str) -> Path:
+    """Where a run's checkpoint lives: keyed by the data and every setting that shapes the
+    weights, so rerunning a killed run with train.resume=true finds it (epochs may grow)."""
+    shaping = {
+        "data": data_sha256,
+        "binarize": cfg.data.binarize,
+        "model": cfg.model.model_dump(mode="json"),
+        "train": cfg.train.model_dump(mode="json", exclude={"resume", "progress", "epochs", "checkpoint_dir"}),
+    }
+    key = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cfg.train.checkpoint_dir) / f"{key}.pt"

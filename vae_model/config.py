@@ -1,0 +1,168 @@
+"""The pipeline configuration: pydantic models, YAML loading and dotted `--set` overrides."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from vae_model.errors import UserError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    kind: Literal["digits", "mnist", "fashion_mnist", "imagefolder", "parquet"] = "digits"
+    path: str | None = None
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    split_seed: int = 0
+    binarize: Literal["none", "static", "dynamic"] = "none"
+    image_column: str = "image"
+    label_column: str = "label"
+    convert: bool = False
+    image_size: tuple[int, int] | None = None
+    mode: Literal["L", "RGB"] | None = None
+    snapshot_dir: str = ".vae-pipeline/data"
+
+
+class ModelConfig(_Section):
+    arch: Literal["mlp", "conv"] = "mlp"
+    conditional: bool = False
+    latent_dim: int = Field(20, ge=1)
+    hidden_dim: int = Field(400, ge=1)
+    hidden_layers: int = Field(1, ge=1)
+    activation: Literal["relu", "elu", "tanh"] = "relu"
+    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    learn_scale: bool = True
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    beta: float = Field(1.0, ge=0)
+    warmup_epochs: int = Field(0, ge=0)
+    resume: bool = False
+    checkpoint_dir: str = ".vae-pipeline/checkpoints"
+    compile: bool = False
+    bf16: bool = True
+    progress: bool = True
+
+
+class ValidateConfig(_Section):
+    min_elbo: float = -1e9
+    iw_samples: int = Field(0, ge=0)
+    max_iw_nll: float | None = None
+
+
+class RegisterConfig(_Section):
+    model_name: str = Field("vae-digits", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    alias: str = Field("champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+class GenerateConfig(_Section):
+    num_samples: int = Field(1000, ge=1)
+    seed: int = 0
+    out_dir: str = "outputs/samples"
+    formats: list[Literal["parquet", "png"]] = ["parquet", "png"]
+    shard_size: int = Field(65536, ge=1)
+
+    @field_validator("formats")
+    @classmethod
+    def _non_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one format is needed")
+        return sorted(set(value))
+
+
+class TrackingConfig(_Section):
+    uri: str | None = None
+    experiment: str = "vae-pipeline"
+
+
+class PipelineConfig(_Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+    generate: GenerateConfig = GenerateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def _describe(error: dict[str, Any], source: str) -> str:
+    key = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"{source}: unknown config key '{key}'"
+    return f"{source}: config key '{key}': {error['msg']} (got {error.get('input')!r})"
+
+
+def _parse_value(raw: str) -> Any:
+    # YAML gives `--set train.epochs=3` an int and `--set data.path=null` a None, like the files.
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the key must already exist in the schema."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise UserError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.epochs=3")
+    parts = key.strip().split(".")
+    fields: dict[str, Any] = PipelineConfig.model_fields
+    node = tree
+    for depth, part in enumerate(parts):
+        names = {f.alias or name: f for name, f in fields.items()}
+        if part not in names:
+            raise UserError(f"--set: unknown config key '{'.'.join(parts[: depth + 1])}'")
+        annotation = names[part].annotation
+        last = depth == len(parts) - 1
+        if last:
+            node[part] = _parse_value(raw)
+        else:
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                raise UserError(f"--set: config key '{'.'.join(parts[: depth + 1])}' has no sub-keys")
+            node = node.setdefault(part, {})
+            fields = annotation.model_fields
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a YAML config (or the defaults), apply `--set` overrides and validate the result."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read config file ({exc.strerror})") from None
+        try:
+            tree = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(tree, dict):
+            raise UserError(f"{path}: expected a mapping of sections at the top level")
+    for assignment in overrides or []:
+        apply_override(tree, assignment)
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise UserError(_describe(exc.errors()[0], source)) from None

@@ -1,0 +1,62 @@
+"""The in-memory image dataset every source is turned into, and its checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vae_model.errors import UserError
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """uint8 images shaped (N, C, H, W) with optional int64 labels in [0, num_classes)."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    source: str
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return 0 if self.labels is None else int(self.labels.max()) + 1
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index: np.ndarray) -> ImageData:
+        labels = None if self.labels is None else self.labels[index]
+        return ImageData(self.images[index], labels, self.source)
+
+    def check(self, min_examples: int = 1) -> ImageData:
+        """Raise a UserError naming the source when the arrays are not a usable image dataset."""
+        x = self.images
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise UserError(f"{self.source}: expected images shaped (N, 1 or 3, H, W), got {x.shape}")
+        if x.dtype != np.uint8:
+            raise UserError(f"{self.source}: expected uint8 pixels, got {x.dtype}")
+        if len(x) < min_examples:
+            raise UserError(
+                f"{self.source}: {len(x)} example(s), expected at least {min_examples}"
+            )
+        if self.labels is not None:
+            y = self.labels
+            if y.shape != (len(x),):
+                raise UserError(f"{self.source}: {len(y)} labels for {len(x)} images")
+            if len(y) and y.min() < 0:
+                row = int(np.argmin(y))
+                raise UserError(f"{self.source}: row {row}: label {y[row]} is negative")
+        return self
+
+
+def split_by_seed(data: ImageData, val_fraction: float, seed: int) -> tuple[ImageData, ImageData]:
+    """Shuffle with `seed` and hold out `val_fraction` of the examples (at least one each side)."""
+    data.check(min_examples=2)
+    n = len(data)
+    n_val = min(max(1, round(n * val_fraction)), n - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    return data.subset(np.sort(order[n_val:])), data.subset(np.sort(order[:n_val]))

@@ -1,0 +1,77 @@
+"""The evidence lower bound (ELBO) and the importance-weighted bound on log p(x)."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch.nn import functional as F
+
+from vae_model.model import VAE, reparameterize
+
+
+class ElboTerms(NamedTuple):
+    """Per-example terms in nats: elbo = -(recon + kl)."""
+
+    elbo: torch.Tensor
+    recon: torch.Tensor
+    kl: torch.Tensor
+
+
+def log_likelihood(x: torch.Tensor, logits: torch.Tensor, likelihood: str, log_scale: torch.Tensor) -> torch.Tensor:
+    """log p(x|z) summed over pixels, per example; x in [0, 1] flattened to (B, D)."""
+    if likelihood == "bernoulli":
+        # Summed BCE on grey levels, the classic VAE objective (exact for binary x).
+        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1)
+    mean = torch.sigmoid(logits)
+    var = torch.exp(2 * log_scale)
+    return -0.5 * (((x - mean) ** 2) / var + 2 * log_scale + math.log(2 * math.pi)).sum(1)
+
+
+def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)), summed over latent dimensions, per example."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+
+
+def elbo(
+    model: VAE, x: torch.Tensor, y: torch.Tensor | None = None, generator: torch.Generator | None = None
+) -> ElboTerms:
+    """One-sample ELBO of each example in a batch: E_q[log p(x|z)] - KL(q(z|x) || p(z))."""
+    logits, mu, logvar = model(x, y, generator)
+    recon = -log_likelihood(x.flatten(1), logits, model.cfg.likelihood, model.log_scale)
+    kl = kl_to_standard_normal(mu, logvar)
+    return ElboTerms(-(recon + kl), recon, kl)
+
+
+@torch.no_grad()
+def iw_log_likelihood(
+    model: VAE,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    k: int,
+    generator: torch.Generator | None = None,
+    chunk: int = 256,
+) -> torch.Tensor:
+    """Importance-weighted bound on log p(x) with k samples per example (Burda et al., 2016).
+
+    Samples are drawn `chunk` at a time and combined with a running logsumexp, so memory is
+    bounded by batch x chunk whatever k is. With k = 1 this is the ELBO in expectation.
+    """
+    mu, logvar = model.encode(x, y)
+    std = torch.exp(0.5 * logvar)
+    flat = x.flatten(1)
+    total = torch.full((len(x),), -math.inf, device=x.device)
+    done = 0
+    while done < k:
+        n = min(chunk, k - done)
+        z = reparameterize(mu.unsqueeze(0).expand(n, *mu.shape), logvar.unsqueeze(0).expand(n, *mu.shape), generator)
+        zf = z.reshape(-1, z.shape[-1])
+        yf = None if y is None else y.repeat(n)
+        logits = model.decode(zf, yf)
+        log_px = log_likelihood(flat.repeat(n, 1), logits, model.cfg.likelihood, model.log_scale).view(n, -1)
+        log_pz = (-0.5 * (z.pow(2) + math.log(2 * math.pi))).sum(-1)
+        log_qz = (-0.5 * (((z - mu) / std).pow(2) + logvar + math.log(2 * math.pi))).sum(-1)
+        total = torch.logaddexp(total, torch.logsumexp(log_px + log_pz - log_qz, dim=0))
+        done += n
+    return total - math.log(k)

@@ -1,0 +1,172 @@
+"""VAE modules and their config: pure torch, no I/O.
+
+The encoder maps an image (and, for a conditional model, its one-hot label) to the mean and
+log-variance of a diagonal Gaussian q(z|x); the decoder maps z (and the label) to the logits of
+p(x|z): Bernoulli logits, or the pre-sigmoid mean of a Gaussian whose log-scale is a parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+# exp(logvar) stays finite and its gradient useful; beyond these bounds training has diverged.
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+
+_ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh}
+
+
+@dataclass
+class VAEConfig:
+    channels: int = 1
+    height: int = 28
+    width: int = 28
+    latent_dim: int = 20
+    hidden_dim: int = 400
+    hidden_layers: int = 1
+    activation: str = "relu"
+    arch: str = "mlp"
+    num_classes: int = 0
+    likelihood: str = "bernoulli"
+    learn_scale: bool = True
+
+    @property
+    def input_dim(self) -> int:
+        return self.channels * self.height * self.width
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _mlp(sizes: list[int], activation: str) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(_ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class MLPEncoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        hidden = [cfg.hidden_dim] * cfg.hidden_layers
+        self.body = _mlp([cfg.input_dim + cfg.num_classes, *hidden], cfg.activation)
+        self.act = _ACTIVATIONS[cfg.activation]()
+        self.head = nn.Linear(cfg.hidden_dim, 2 * cfg.latent_dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        h = x.flatten(1)
+        if y is not None:
+            h = torch.cat([h, y], dim=1)
+        return self.head(self.act(self.body(h)))
+
+
+class MLPDecoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        hidden = [cfg.hidden_dim] * cfg.hidden_layers
+        self.net = _mlp([cfg.latent_dim + cfg.num_classes, *hidden, cfg.input_dim], cfg.activation)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class ConvEncoder(nn.Module):
+    """Two stride-2 convolutions, then an MLP head; height and width must divide by 4."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        act = _ACTIVATIONS[cfg.activation]
+        self.conv = nn.Sequential(
+            nn.Conv2d(cfg.channels, 32, 4, 2, 1), act(), nn.Conv2d(32, 64, 4, 2, 1), act(), nn.Flatten()
+        )
+        features = 64 * (cfg.height // 4) * (cfg.width // 4)
+        self.head = nn.Sequential(
+            nn.Linear(features + cfg.num_classes, cfg.hidden_dim), act(), nn.Linear(cfg.hidden_dim, 2 * cfg.latent_dim)
+        )
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        h = self.conv(x)
+        if y is not None:
+            h = torch.cat([h, y], dim=1)
+        return self.head(h)
+
+
+class ConvDecoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        act = _ACTIVATIONS[cfg.activation]
+        self.grid = (64, cfg.height // 4, cfg.width // 4)
+        self.fc = nn.Sequential(
+            nn.Linear(cfg.latent_dim + cfg.num_classes, cfg.hidden_dim), act(),
+            nn.Linear(cfg.hidden_dim, math.prod(self.grid)), act(),
+        )
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(64, 32, 4, 2, 1), act(), nn.ConvTranspose2d(32, cfg.channels, 4, 2, 1), nn.Flatten()
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.deconv(self.fc(z).view(-1, *self.grid))
+
+
+class VAE(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        if cfg.arch == "conv" and (cfg.height % 4 or cfg.width % 4):
+            raise ValueError(f"model.arch=conv needs height and width divisible by 4, got {cfg.height}x{cfg.width}")
+        self.cfg = cfg
+        encoder, decoder = (MLPEncoder, MLPDecoder) if cfg.arch == "mlp" else (ConvEncoder, ConvDecoder)
+        self.encoder = encoder(cfg)
+        self.decoder = decoder(cfg)
+        # Gaussian likelihood: one log standard deviation shared by all pixels.
+        self.log_scale = nn.Parameter(torch.tensor(math.log(0.1)), requires_grad=cfg.learn_scale)
+
+    def one_hot(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        if not self.cfg.conditional:
+            return None
+        if y is None:
+            raise ValueError("a conditional model needs labels")
+        return F.one_hot(y, self.cfg.num_classes).to(self.log_scale.dtype)
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encoder(x, self.one_hot(y)).chunk(2, dim=1)
+        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of p(x|z), flattened to (B, C*H*W)."""
+        onehot = self.one_hot(y)
+        return self.decoder(z if onehot is None else torch.cat([z, onehot], dim=1))
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encode(x, y)
+        z = reparameterize(mu, logvar, generator)
+        return self.decode(z, y), mu, logvar
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu + eps * torch.exp(0.5 * logvar)
+
+
+class Sampler(nn.Module):
+    """What the registry holds: latent codes (with one-hot labels appended for a conditional
+    model) in, pixel means in [0, 1] out, shaped (B, C*H*W). One tensor in and out keeps the
+    torch.export signature simple."""
+
+    def __init__(self, decoder: nn.Module):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decoder(z))

@@ -1,0 +1,175 @@
+"""The trainer: the whole dataset lives as one tensor on the device and is batched by index.
+
+Every random draw (shuffling, dynamic binarisation, the reparameterisation noise) comes from one
+`torch.Generator` seeded by `train.seed`, and its state is in each checkpoint, so a resumed run
+ends with the same weights as an uninterrupted one on the same machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vae_model.checkpoint import load_checkpoint, save_checkpoint
+from vae_model.config import ModelConfig, TrainConfig
+from vae_model.data.dataset import ImageData
+from vae_model.errors import TrainingDiverged
+from vae_model.evaluate import DeviceData, evaluate_elbo, held_out, to_device
+from vae_model.loss import elbo
+from vae_model.model import VAE, VAEConfig
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        from vae_model.errors import UserError
+
+        raise UserError("train.device: cuda was asked for but torch sees no CUDA device")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def vae_config(model: ModelConfig, data: ImageData) -> VAEConfig:
+    c, h, w = data.shape
+    return VAEConfig(
+        channels=c, height=h, width=w, latent_dim=model.latent_dim, hidden_dim=model.hidden_dim,
+        hidden_layers=model.hidden_layers, activation=model.activation, arch=model.arch,
+        num_classes=data.num_classes if model.conditional else 0,
+        likelihood=model.likelihood, learn_scale=model.learn_scale,
+    )
+
+
+def make_optimizer(model: VAE, lr: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        # The fused kernel does the whole update in one pass: ~2x faster steps on CPU.
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr)
+
+
+@dataclass
+class TrainResult:
+    model: VAE
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+
+
+def _kl_weight(cfg: TrainConfig, epoch: int, step: int, steps: int) -> float:
+    if cfg.warmup_epochs == 0:
+        return cfg.beta
+    return cfg.beta * min(1.0, (epoch - 1 + step / steps) / cfg.warmup_epochs)
+
+
+def train(
+    model_cfg: VAEConfig,
+    cfg: TrainConfig,
+    train_data: ImageData,
+    val_data: ImageData,
+    binarize: str = "none",
+    checkpoint_path: str | Path | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """Train a VAE; call `on_epoch(epoch, metrics)` after each epoch (also for resumed ones)."""
+    device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        # Adam's running averages fill with subnormal floats on sparse images; flushing them
+        # keeps each step's time flat.
+        torch.set_flush_denormal(True)
+    torch.manual_seed(cfg.seed)  # parameter initialisation
+    model = VAE(model_cfg).to(device)
+    optimizer = make_optimizer(model, cfg.lr)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    result = TrainResult(model)
+
+    start_epoch = 1
+    if cfg.resume and checkpoint_path is not None and Path(checkpoint_path).exists():
+        state = load_checkpoint(checkpoint_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        result.history = list(state["history"])
+        result.resumed_from_epoch = start_epoch = state["epoch"] + 1
+        for metrics in result.history:
+            if on_epoch:
+                on_epoch(int(metrics["epoch"]), metrics)
+
+    train_t = to_device(train_data, device, binarize, seed=cfg.seed)
+    val_t = held_out(val_data, device, binarize, seed=cfg.seed + 1)
+    step_fn = _compile_step(model, cfg, device)
+
+    progress = _progress(cfg, len(train_data))
+    with progress if progress is not None else contextlib.nullcontext():
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            model.train()
+            started = time.perf_counter()
+            train_elbo = _train_epoch(model, optimizer, step_fn, train_t, cfg, epoch, generator, progress)
+            epoch_seconds = time.perf_counter() - started
+            val = evaluate_elbo(model, val_t, cfg.batch_size * 8, seed=cfg.seed)
+            metrics = {
+                "epoch": float(epoch), "train_elbo": train_elbo, "val_elbo": val["elbo"],
+                "val_recon": val["recon"], "val_kl": val["kl"], "epoch_seconds": epoch_seconds,
+            }
+            result.history.append(metrics)
+            if checkpoint_path is not None:
+                save_checkpoint(checkpoint_path, model, optimizer, generator, epoch, result.history, cfg)
+            if on_epoch:
+                on_epoch(epoch, metrics)
+    return result
+
+
+def _compile_step(model: VAE, cfg: TrainConfig, device: torch.device):
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+        if device.type == "cuda" and cfg.bf16
+        else contextlib.nullcontext
+    )
+
+    def step(x: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator, kl_weight: float):
+        with autocast():
+            terms = elbo(model, x, y, generator)
+            loss = (terms.recon + kl_weight * terms.kl).mean()
+        return loss, terms.elbo.detach().sum()
+
+    if cfg.compile and device.type == "cuda":
+        return torch.compile(step)
+    return step
+
+
+def _train_epoch(model, optimizer, step_fn, data: DeviceData, cfg: TrainConfig, epoch: int, generator, progress) -> float:
+    n = len(data.x)
+    order = torch.randperm(n, generator=generator, device=data.x.device)
+    steps = math.ceil(n / cfg.batch_size)
+    total = torch.zeros((), device=data.x.device)
+    task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=n) if progress is not None else None
+    for step in range(steps):
+        index = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        x, y = data.batch(index, generator)
+        loss, batch_elbo = step_fn(x, y, generator, _kl_weight(cfg, epoch, step, steps))
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"training diverged at epoch {epoch}, step {step + 1}: loss is {loss.item()}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += batch_elbo
+        if task is not None:
+            progress.update(task, advance=len(index))
+    if task is not None:
+        progress.remove_task(task)
+    return total.item() / n
+
+
+def _progress(cfg: TrainConfig, n: int):
+    if not cfg.progress:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
