@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import mlflow
@@ -21,7 +22,12 @@ def ingest(config: dict[str, Any], run_id: str) -> dict[str, Any]:
     train, val = load_source(cfg.data)
     path, sha = write_snapshot(train, val, cfg.data.snapshot_dir)
     with tracking.resumed(config["tracking"], run_id):
-        dataset = MetaDataset(resolve_dataset_source(str(path.resolve())), name=train.source, digest=sha[:16])
+        with warnings.catch_warnings():
+            # MLflow registers the local-file source twice ('' and 'file' schemes) and warns
+            # that a path is ambiguous between the two identical classes.
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(path.resolve().as_uri())
+        dataset = MetaDataset(source, name=train.source, digest=sha[:16])
         mlflow.log_input(dataset, context="training")
         mlflow.set_tags({"data_sha256": sha, "data_source": train.source})
         mlflow.log_metrics({"data_train_examples": len(train), "data_val_examples": len(val)})

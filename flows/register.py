@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 from prefect import task
 
 from flows import tracking
+from vae_model.config import PipelineConfig
 
 
 @task(name="register")
@@ -16,10 +17,8 @@ def register(config: dict[str, Any], data: dict[str, Any], trained: dict[str, An
     """Register the logged model, tag the version and set the alias (the gate has passed)."""
     tracking.use(config["tracking"])
     name, alias = config["register"]["model_name"], config["register"]["alias"]
-    from vae_model.config import PipelineConfig
-
     tags = {
-        "heldout_elbo": f"{report['heldout_elbo']:.6f}",
+        "heldout_elbo": repr(report["heldout_elbo"]),
         "data_sha256": data["sha256"],
         "config_sha256": PipelineConfig.model_validate(config).sha256(),
         "validation_status": "passed",

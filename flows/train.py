@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import mlflow
@@ -51,9 +52,12 @@ def log_sampler(model: VAE) -> str:
     width = cfg.latent_dim + cfg.num_classes
     example = np.random.default_rng(0).standard_normal((2, width)).astype(np.float32)
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, width), "z")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, cfg.input_dim), "pixels")]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, width))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, cfg.input_dim))]),
     )
+    # MLflow checks the input example through its JSON serving path, which the pytorch flavor
+    # does not accept (lists), and logs a long warning; the pt2 export itself checks the example.
+    logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)
     info = mlflow.pytorch.log_model(
         Sampler(model.decoder).eval(), name="model", input_example=example, signature=signature,
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],

@@ -9,6 +9,7 @@ string, `seed` int64. The file metadata repeats the model URI, version, seed and
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from torchvision.io import encode_png
+from PIL import Image
 
 from vae_model.atomic import atomic_path
 from vae_model.images import grid
@@ -69,13 +69,20 @@ def write_parquet_shard(path: Path, images, labels, ids, request: Request) -> Pa
     return path
 
 
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 (C, H, W) -> PNG bytes. Pillow's output is deterministic for a given version."""
+    array = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
 def write_png_shard(root: Path, images: np.ndarray, folders: list[str], ids: np.ndarray) -> Iterator[tuple[Path, str]]:
     """Write images/<label>/<sample_id>.png, each atomically; yield (path, sha256)."""
     for folder in sorted(set(folders)):
         (root / folder).mkdir(parents=True, exist_ok=True)
-    tensors = torch.from_numpy(images)
-    for image, folder, sample_id in zip(tensors, folders, ids, strict=True):
-        data = encode_png(image).numpy().tobytes()
+    for image, folder, sample_id in zip(images, folders, ids, strict=True):
+        data = encode_png(image)
         path = root / folder / f"{int(sample_id):09d}.png"
         tmp = path.with_name(f".{path.name}.tmp")
         with open(tmp, "wb") as f:
@@ -87,5 +94,5 @@ def write_png_shard(root: Path, images: np.ndarray, folders: list[str], ids: np.
 def save_grid(path: Path, images: np.ndarray, nrow: int = 8) -> Path:
     """A PNG grid of uint8 images (n, C, H, W), as a preview."""
     with atomic_path(path) as tmp:
-        tmp.write_bytes(encode_png(torch.from_numpy(grid(images, nrow))).numpy().tobytes())
+        tmp.write_bytes(encode_png(grid(images, nrow)))
     return path
