@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ class DataConfig(_Section):
     convert: bool = False
     image_size: tuple[int, int] | None = None
     mode: Literal["L", "RGB"] | None = None
+    num_classes: int | None = Field(None, ge=1)
     snapshot_dir: str = ".vae-pipeline/data"
 
 
@@ -87,6 +89,17 @@ class TrackingConfig(_Section):
     uri: str | None = None
     experiment: str = "vae-pipeline"
 
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        # Configs are committed and logged as run parameters: secrets belong in the environment.
+        if value and re.match(r"^[a-z+]+://[^/@]*:[^/@]*@", value):
+            raise ValueError(
+                "embeds a password; set MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD "
+                "(or the database's own environment variables) instead"
+            )
+        return value
+
 
 class PipelineConfig(_Section):
     data: DataConfig = DataConfig()
@@ -110,7 +123,8 @@ def _describe(error: dict[str, Any], source: str) -> str:
     key = ".".join(str(p) for p in error["loc"])
     if error["type"] == "extra_forbidden":
         return f"{source}: unknown config key '{key}'"
-    return f"{source}: config key '{key}': {error['msg']} (got {error.get('input')!r})"
+    shown = "<hidden>" if key == "tracking.uri" else repr(error.get("input"))
+    return f"{source}: config key '{key}': {error['msg']} (got {shown})"
 
 
 def _parse_value(raw: str) -> Any:

@@ -38,6 +38,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def vae_config(model: ModelConfig, data: ImageData) -> VAEConfig:
+    if model.conditional and data.labels is None:
+        from vae_model.errors import UserError
+
+        raise UserError(f"{data.source}: model.conditional=true needs labels, and this dataset has none")
     c, h, w = data.shape
     return VAEConfig(
         channels=c, height=h, width=w, latent_dim=model.latent_dim, hidden_dim=model.hidden_dim,

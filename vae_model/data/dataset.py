@@ -32,7 +32,7 @@ class ImageData:
         labels = None if self.labels is None else self.labels[index]
         return ImageData(self.images[index], labels, self.source)
 
-    def check(self, min_examples: int = 1) -> ImageData:
+    def check(self, min_examples: int = 1, num_classes: int | None = None) -> ImageData:
         """Raise a UserError naming the source when the arrays are not a usable image dataset."""
         x = self.images
         if x.ndim != 4 or x.shape[1] not in (1, 3):
@@ -50,6 +50,11 @@ class ImageData:
             if len(y) and y.min() < 0:
                 row = int(np.argmin(y))
                 raise UserError(f"{self.source}: row {row}: label {y[row]} is negative")
+            if num_classes is not None and len(y) and y.max() >= num_classes:
+                row = int(np.argmax(y))
+                raise UserError(
+                    f"{self.source}: row {row}: label {y[row]} is outside 0..{num_classes - 1} (data.num_classes)"
+                )
         return self
 
 

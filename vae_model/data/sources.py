@@ -21,9 +21,11 @@ def load_source(cfg: DataConfig) -> tuple[ImageData, ImageData]:
     """Load the configured source; datasets with an official test split keep it as held-out."""
     if cfg.kind in ("mnist", "fashion_mnist"):
         train, val = _torchvision_mnist(cfg)
-        return train.check(), val.check()
-    loader = {"digits": _digits, "imagefolder": _imagefolder, "parquet": _parquet}[cfg.kind]
-    return split_by_seed(loader(cfg), cfg.val_fraction, cfg.split_seed)
+    else:
+        loader = {"digits": _digits, "imagefolder": _imagefolder, "parquet": _parquet}[cfg.kind]
+        data = loader(cfg).check(num_classes=cfg.num_classes)
+        train, val = split_by_seed(data, cfg.val_fraction, cfg.split_seed)
+    return train.check(num_classes=cfg.num_classes), val.check(num_classes=cfg.num_classes)
 
 
 def _digits(cfg: DataConfig) -> ImageData:
