@@ -68,6 +68,9 @@ class ValidateConfig(_Section):
 class RegisterConfig(_Section):
     model_name: str = Field("vae-digits", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     alias: str = Field("champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    challenger_alias: str = Field("challenger", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    # Held-out ELBO (nats per example) a challenger must gain over the champion to replace it.
+    min_improvement: float = Field(0.0, ge=0)
 
 
 class GenerateConfig(_Section):
