@@ -17,6 +17,7 @@ from typing import Annotated, Any  # noqa: E402
 
 import typer  # noqa: E402
 
+from vae_model.atomic import check_writable_dir  # noqa: E402
 from vae_model.config import load_config  # noqa: E402
 from vae_model.errors import UserError  # noqa: E402
 
@@ -102,6 +103,12 @@ def generate(
 ) -> None:
     """Generate samples from a registered model (streamed shards, manifest last)."""
     formats = [f.strip() for f in format.split(",") if f.strip()]
+    if num_samples < 1:
+        _fail(f"--num-samples: expected a positive number of samples, got {num_samples}", 2)
+    try:
+        check_writable_dir(out, "--out")
+    except UserError as exc:
+        _fail(str(exc), 2)
     if not debug:
         _quiet_user_errors()
     from flows.generate import generate as generate_flow

@@ -13,6 +13,7 @@ from flows.ingest import ingest
 from flows.register import register
 from flows.train import train
 from flows.validate import validate
+from vae_model.atomic import check_writable_dir
 from vae_model.config import PipelineConfig
 
 
@@ -21,6 +22,8 @@ def pipeline(config: dict[str, Any]) -> dict[str, Any]:
     """Train, gate, register and sample a VAE as the config says."""
     cfg = PipelineConfig.model_validate(config)
     config = cfg.to_dict()
+    # Checked before any work so that a bad setting costs seconds and registers nothing.
+    check_writable_dir(cfg.generate.out_dir, "generate.out_dir")
     run_id = tracking.start_run(cfg.tracking, run_name=f"{cfg.data.kind}-seed{cfg.train.seed}")
     try:
         data = ingest(config, run_id)

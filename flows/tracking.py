@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,16 @@ import mlflow
 from mlflow import MlflowClient
 
 from vae_model.config import TrackingConfig
+from vae_model.errors import UserError
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Our models are torch.export programs: refuse anything that would need unpickling.
+os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+# MLflow's own HTTP retries back off for minutes; Prefect's task retries are the outer loop.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+_answered: set[str] = set()
 
 
 def use(cfg: TrackingConfig | dict[str, Any]) -> None:
@@ -23,6 +33,20 @@ def use(cfg: TrackingConfig | dict[str, Any]) -> None:
     if uri:
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
+    check_server(mlflow.get_tracking_uri())
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail within seconds, naming the URI, when a tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")) or uri in _answered:
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+            response.read()
+    except (OSError, urllib.error.URLError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(f"tracking.uri {uri}: the MLflow server does not answer ({reason})") from None
+    _answered.add(uri)
 
 
 def start_run(cfg: TrackingConfig, run_name: str | None = None) -> str:

@@ -41,13 +41,19 @@ def _torchvision_mnist(cfg: DataConfig) -> tuple[ImageData, ImageData]:
     from torchvision import datasets
 
     cls = datasets.MNIST if cfg.kind == "mnist" else datasets.FashionMNIST
-    files = [url.rsplit("/", 1)[-1] for url, _ in cls.resources]
+    from torchvision.datasets.utils import check_integrity
+
+    files = {url.rsplit("/", 1)[-1]: md5 for url, md5 in cls.resources}
     with tempfile.TemporaryDirectory(prefix="vae-mnist-") as root:
         if cfg.path is not None:
             source = Path(cfg.path)
             missing = [f for f in files if not (source / f).is_file()]
             if missing:
                 raise UserError(f"{source}: missing {', '.join(missing)} (the original {cls.__name__} gz files)")
+            # Checked here so that a bad local file is reported, not re-downloaded by torchvision.
+            for name, md5 in files.items():
+                if not check_integrity(str(source / name), md5):
+                    raise UserError(f"{source / name}: md5 is not {md5}; truncated, corrupt or not the original file")
             # torchvision verifies the md5 of gz files it finds in root/<Class>/raw and only
             # extracts them, so links to a read-only folder make an offline, checked load.
             raw = Path(root, cls.__name__, "raw")

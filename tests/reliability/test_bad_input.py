@@ -1,0 +1,244 @@
+"""Bad input: one clear line naming the culprit, a non-zero exit, nothing registered, no output.
+
+Every source case is checked at the library level (fast, one message each); a representative set
+goes through the real command, which is where the exit code, the missing traceback and the empty
+registry and output folder are asserted.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import TINY
+from tests.reliability import corpus
+from vae_model.config import DataConfig, load_config
+from vae_model.data import load_source
+from vae_model.errors import UserError
+
+
+def _case_truncated_gz(tmp: Path):
+    return {"kind": "mnist", "path": str(corpus.mnist_folder(tmp / "m", truncate="train-images-idx3-ubyte.gz"))}, [
+        "train-images-idx3-ubyte.gz", "md5"]
+
+
+def _case_corrupt_gz(tmp: Path):
+    return {"kind": "mnist", "path": str(corpus.mnist_folder(tmp / "m", corrupt="t10k-labels-idx1-ubyte.gz"))}, [
+        "t10k-labels-idx1-ubyte.gz", "md5"]
+
+
+def _case_missing_gz(tmp: Path):
+    folder = corpus.mnist_folder(tmp / "m")
+    (folder / "train-labels-idx1-ubyte.gz").unlink()
+    return {"kind": "mnist", "path": str(folder)}, ["missing train-labels-idx1-ubyte.gz"]
+
+
+def _case_corrupt_image(tmp: Path):
+    root = corpus.image_folder(tmp / "f")
+    (root / "b" / "1.png").write_bytes(corpus.png_bytes(np.zeros((8, 8)))[:30])
+    return {"kind": "imagefolder", "path": str(root)}, ["b/1.png", "not a readable image"]
+
+
+def _case_non_image_file(tmp: Path):
+    root = corpus.image_folder(tmp / "f")
+    (root / "a" / "notes.txt").write_text("hello")
+    return {"kind": "imagefolder", "path": str(root)}, ["notes.txt", "not an image file"]
+
+
+def _case_mixed_sizes(tmp: Path):
+    root = corpus.image_folder(tmp / "f")
+    (root / "b" / "9.png").write_bytes(corpus.png_bytes(np.zeros((10, 10))))
+    return {"kind": "imagefolder", "path": str(root)}, ["b/9.png", "10x10", "expected L 8x8", "data.convert"]
+
+
+def _case_mixed_modes(tmp: Path):
+    root = corpus.image_folder(tmp / "f")
+    (root / "a" / "9.png").write_bytes(corpus.png_bytes(np.zeros((8, 8, 3)), "RGB"))
+    return {"kind": "imagefolder", "path": str(root)}, ["a/9.png", "RGB", "expected L"]
+
+
+def _case_empty_folder(tmp: Path):
+    (tmp / "f" / "a").mkdir(parents=True)
+    return {"kind": "imagefolder", "path": str(tmp / "f")}, ["no images found"]
+
+
+def _case_nan(tmp: Path):
+    values = pa.array([0.1, 0.2, float("nan"), 0.3, 0.4, 0.5])
+    return {"kind": "parquet", "path": str(corpus.parquet_pixels(tmp / "x.parquet", p3=values))}, [
+        "row 2", "column 'p3'", "not a finite number"]
+
+
+def _case_inf(tmp: Path):
+    values = pa.array([0.1, float("inf"), 0.2, 0.3, 0.4, 0.5])
+    return {"kind": "parquet", "path": str(corpus.parquet_pixels(tmp / "x.parquet", p0=values))}, [
+        "row 1", "column 'p0'", "not a finite number"]
+
+
+def _case_wrong_column_type(tmp: Path):
+    values = pa.array(["a"] * 6)
+    return {"kind": "parquet", "path": str(corpus.parquet_pixels(tmp / "x.parquet", p5=values))}, [
+        "column 'p5'", "string", "expected numeric pixels"]
+
+
+def _case_wrong_image_column_type(tmp: Path):
+    path = tmp / "x.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"image": pa.array([1, 2, 3])}), path)
+    return {"kind": "parquet", "path": str(path)}, ["column 'image'", "expected binary PNG/JPEG bytes"]
+
+
+def _case_missing_columns(tmp: Path):
+    path = tmp / "x.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"label": pa.array([0, 1])}), path)
+    return {"kind": "parquet", "path": str(path)}, ["no 'image' column and no pixel columns"]
+
+
+def _case_empty_table(tmp: Path):
+    path = tmp / "x.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"image": pa.array([], pa.binary())}), path)
+    return {"kind": "parquet", "path": str(path)}, ["the table is empty"]
+
+
+def _case_missing_image_value(tmp: Path):
+    png = corpus.png_bytes(np.zeros((8, 8)))
+    return {"kind": "parquet", "path": str(corpus.parquet_images(tmp / "x.parquet", [png, None, png]))}, [
+        "row 1", "missing image"]
+
+
+def _case_label_out_of_range(tmp: Path):
+    path = corpus.parquet_pixels(tmp / "x.parquet", label=pa.array([0, 1, 2, 7, 1, 0]))
+    return {"kind": "parquet", "path": str(path), "num_classes": 3}, ["row 3", "label 7", "outside 0..2"]
+
+
+def _case_negative_label(tmp: Path):
+    path = corpus.parquet_pixels(tmp / "x.parquet", label=pa.array([0, 1, -4, 1, 1, 0]))
+    return {"kind": "parquet", "path": str(path)}, ["row 2", "label -4", "negative"]
+
+
+def _case_missing_label(tmp: Path):
+    path = corpus.parquet_pixels(tmp / "x.parquet", label=pa.array([0, 1, None, 1, 1, 0], pa.int64()))
+    return {"kind": "parquet", "path": str(path)}, ["row 2", "column 'label'", "missing label"]
+
+
+def _case_float_labels(tmp: Path):
+    path = corpus.parquet_pixels(tmp / "x.parquet", label=pa.array([0.5] * 6))
+    return {"kind": "parquet", "path": str(path)}, ["column 'label'", "expected integer class labels"]
+
+
+def _case_pixels_out_of_range(tmp: Path):
+    path = corpus.parquet_pixels(tmp / "x.parquet", p1=pa.array([0, 3, 300, 1, 2, 4]))
+    return {"kind": "parquet", "path": str(path)}, ["row 2", "column 'p1'", "outside 0..255"]
+
+
+def _case_one_example(tmp: Path):
+    png = corpus.png_bytes(np.zeros((8, 8)))
+    return {"kind": "parquet", "path": str(corpus.parquet_images(tmp / "x.parquet", [png]))}, [
+        "1 example(s)", "at least 2"]
+
+
+def _case_not_parquet(tmp: Path):
+    (tmp / "x.parquet").write_text("a,b\n1,2\n")
+    return {"kind": "parquet", "path": str(tmp / "x.parquet")}, ["x.parquet", "not a readable Parquet file"]
+
+
+SOURCE_CASES = {name[6:]: fn for name, fn in globals().items() if name.startswith("_case_")}
+
+
+@pytest.mark.parametrize("case", sorted(SOURCE_CASES))
+def test_each_bad_source_gives_one_line_naming_the_culprit(case, tmp_path):
+    settings, expected = SOURCE_CASES[case](tmp_path)
+    with pytest.raises(UserError) as info:
+        load_source(DataConfig(**settings))
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in expected:
+        assert fragment in message, (fragment, message)
+
+
+def test_mixed_folder_is_converted_when_the_config_asks(tmp_path):
+    root = corpus.image_folder(tmp_path / "f")
+    (root / "b" / "9.png").write_bytes(corpus.png_bytes(np.zeros((10, 10, 3)), "RGB"))
+    train, val = load_source(DataConfig(kind="imagefolder", path=str(root), convert=True, mode="L"))
+    assert train.shape == (1, 8, 8) and len(train) + len(val) == 7
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["train.epochz=1"], "unknown config key 'train.epochz'"),
+    (["nosection.x=1"], "unknown config key 'nosection'"),
+    (["train.epochs=-1"], "train.epochs"),
+    (["train.lr=fast"], "train.lr"),
+    (["generate.num_samples=0"], "generate.num_samples"),
+    (["data.kind=csv"], "data.kind"),
+    (["tracking.uri=postgresql://me:secret@db/mlflow"], "embeds a password"),
+    (["train.epochs"], "expected KEY=VALUE"),
+])
+def test_config_errors_name_the_key(overrides, expected):
+    with pytest.raises(UserError) as info:
+        load_config(None, overrides)
+    assert expected in str(info.value)
+    assert "secret" not in str(info.value)
+
+
+def _assert_clean_failure(code: int, out: str, workdir: Path, *fragments: str) -> None:
+    assert code != 0, out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    assert "Traceback" not in out
+    if (workdir / "mlflow.db").exists():
+        assert MlflowClient().search_registered_models() == []
+    assert not (workdir / "outputs").exists()
+    assert not list(workdir.glob(".vae-pipeline/data/*.parquet"))
+
+
+def _run(cli, *settings: str):
+    return cli("run", *[a for s in [*TINY, *settings] for a in ("--set", s)])
+
+
+@pytest.mark.parametrize("case", ["truncated_gz", "corrupt_image", "nan", "label_out_of_range", "one_example"])
+def test_bad_source_through_the_command(case, cli, workdir):
+    settings, expected = SOURCE_CASES[case](workdir)
+    code, out = _run(cli, *[f"data.{k}={v}" for k, v in settings.items()])
+    _assert_clean_failure(code, out, workdir, *expected)
+
+
+def test_conditional_model_without_labels(cli, workdir):
+    path = corpus.parquet_pixels(workdir / "x.parquet", label=None)
+    code, out = _run(cli, "data.kind=parquet", f"data.path={path}", "model.conditional=true")
+    _assert_clean_failure(code, out, workdir, "model.conditional=true needs labels")
+
+
+def test_unwritable_output_directory_fails_before_training(cli, workdir):
+    (workdir / "blocker").write_text("a file, not a folder")
+    code, out = _run(cli, "generate.out_dir=blocker/samples")
+    _assert_clean_failure(code, out, workdir, "generate.out_dir", "blocker", "not a directory")
+
+
+def test_tracking_server_that_does_not_answer_fails_within_seconds(cli, workdir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, out = _run(cli, f"tracking.uri=http://127.0.0.1:{port}")
+    _assert_clean_failure(code, out, workdir, f"http://127.0.0.1:{port}", "does not answer")
+
+
+def test_generation_requests_that_cannot_be_served(cli, workdir):
+    code, out = cli("generate", "--model", "models:/no-such-model@champion", "--num-samples", "5", "--out", "o")
+    _assert_clean_failure(code, out, workdir, "no-such-model", "alias 'champion'")
+    assert not (workdir / "o").exists()
+    code, out = cli("generate", "--model", "vae-digits", "--num-samples", "5", "--out", "o")
+    _assert_clean_failure(code, out, workdir, "expected models:/NAME@ALIAS")
+    code, out = cli("generate", "--model", "models:/no-such-model@champion", "--num-samples", "0", "--out", "o")
+    _assert_clean_failure(code, out, workdir, "--num-samples", "positive")
+    assert not (workdir / "o").exists()
