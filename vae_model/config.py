@@ -63,6 +63,22 @@ class ValidateConfig(_Section):
     min_elbo: float = -1e9
     iw_samples: int = Field(0, ge=0)
     max_iw_nll: float | None = None
+    # Sample-based gates from the evaluate step; null leaves a check out.
+    max_exact_copy_rate: float | None = Field(None, ge=0, le=1)
+    max_fcd: float | None = Field(None, ge=0)
+    max_dcr_train_share: float | None = Field(None, ge=0, le=1)
+    min_label_agreement: float | None = Field(None, ge=0, le=1)
+
+
+class EvaluateConfig(_Section):
+    enabled: bool = True
+    max_samples: int = Field(10000, ge=10)
+    seed: int = 0
+    k_precision: int = Field(3, ge=1)
+    k_density: int = Field(5, ge=1)
+    classifier_steps: int = Field(1500, ge=1)
+    cache_dir: str = ".vae-pipeline/metrics"
+    out_dir: str = ".vae-pipeline/evaluate"
 
 
 class RegisterConfig(_Section):
@@ -111,6 +127,7 @@ class PipelineConfig(_Section):
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
     generate: GenerateConfig = GenerateConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
