@@ -11,11 +11,12 @@ from mlflow.data.meta_dataset import MetaDataset
 from prefect import task
 
 from flows import tracking
+from flows.retry import network
 from vae_model.config import PipelineConfig
 from vae_model.data import load_source, write_snapshot
 
 
-@task(name="ingest")
+@task(name="ingest", **network(timeout_s=1800))
 def ingest(config: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Load, check and snapshot the configured dataset."""
     cfg = PipelineConfig.model_validate(config)

@@ -13,6 +13,7 @@ from mlflow.types import Schema, TensorSpec
 from prefect import task
 
 from flows import tracking
+from flows.retry import network
 from vae_model.checkpoint import checkpoint_path
 from vae_model.config import PipelineConfig
 from vae_model.data import read_snapshot
@@ -23,7 +24,7 @@ from vae_model.train import train as fit
 from vae_model.train import vae_config
 
 
-@task(name="train")
+@task(name="train", **network(timeout_s=6 * 3600, retries=1))
 def train(config: dict[str, Any], data: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Train on the snapshot; log metrics per epoch, image grids and the model."""
     cfg = PipelineConfig.model_validate(config)

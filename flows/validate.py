@@ -10,6 +10,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from flows import tracking
+from flows.retry import network
 from vae_model.checkpoint import load_model
 from vae_model.config import PipelineConfig
 from vae_model.data import read_snapshot
@@ -17,7 +18,7 @@ from vae_model.evaluate import bits_per_dim, evaluate_elbo, evaluate_iw, held_ou
 from vae_model.gate import gate_decision
 
 
-@task(name="validate")
+@task(name="validate", **network(timeout_s=1800))
 def validate(config: dict[str, Any], data: dict[str, Any], trained: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Measure the held-out ELBO (and IW bound) and compare it with the thresholds."""
     cfg = PipelineConfig.model_validate(config)
