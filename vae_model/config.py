@@ -57,6 +57,9 @@ class TrainConfig(_Section):
     compile: bool = False
     bf16: bool = True
     progress: bool = True
+    # Learning rate per epoch: constant, or cosine decay from lr to lr_min over the run's epochs.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_min: float = Field(0.0, ge=0)
 
 
 class ValidateConfig(_Section):
