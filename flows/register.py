@@ -1,4 +1,10 @@
-"""Step 4: register the gated model and point the alias at it."""
+"""Step 4: register the gated model as the challenger, and promote it to champion only when it
+beats the current champion on the same held-out data by `register.min_improvement`.
+
+Both models are scored here by one function on the current snapshot's held-out split: the
+challenger from its checkpoint, the champion from the full VAE weights logged with its run
+(`weights_uri` tag). The champion is re-scored on every decision rather than trusted from its
+tag, because its tag was measured on the data of its own day."""
 
 from __future__ import annotations
 
@@ -6,25 +12,99 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 
-from flows import tracking
+from flows import champion, tracking
+from flows.retry import network
+from vae_model.checkpoint import load_model
 from vae_model.config import PipelineConfig
 
 
-@task(name="register")
+def decide(challenger: float, incumbent: float | None, min_improvement: float, why_not: str | None = None) -> tuple[bool, str]:
+    """Promote when there is no champion, or the challenger's held-out ELBO is higher by more than
+    min_improvement; a champion that cannot be scored on this data is kept (a person decides)."""
+    if why_not is not None:
+        return False, f"kept the champion: it cannot be scored on this data ({why_not})"
+    if incumbent is None:
+        return True, "promoted: there was no champion"
+    gain = challenger - incumbent
+    verdict = "promoted" if gain > min_improvement else "kept the champion"
+    return gain > min_improvement, f"{verdict}: held-out ELBO gain {gain:+.4f} nats per example, needed more than {min_improvement:g}"
+
+
+def _current_champion(client: MlflowClient, name: str, alias: str):
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def _markdown(name: str, version: str, old: str | None, scores: dict[str, float | None], promoted: bool, reason: str) -> str:
+    def cell(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    return (
+        f"# Champion/challenger: {'promoted' if promoted else 'champion kept'}\n\n"
+        f"| model | version | held-out ELBO (nats per example) |\n|---|---|---|\n"
+        f"| challenger | {name} v{version} | {cell(scores['challenger'])} |\n"
+        f"| champion before | {f'{name} v{old}' if old else 'none'} | {cell(scores['champion'])} |\n\n"
+        f"{reason}\n"
+    )
+
+
+@task(name="register", **network(timeout_s=600))
 def register(config: dict[str, Any], data: dict[str, Any], trained: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
-    """Register the logged model, tag the version and set the alias (the gate has passed)."""
+    """Register the gated model as challenger; promote it to champion if it beats the champion."""
     tracking.use(config["tracking"])
-    name, alias = config["register"]["model_name"], config["register"]["alias"]
+    cfg = PipelineConfig.model_validate(config)
+    name, champ_alias, chall_alias = cfg.register_.model_name, cfg.register_.alias, cfg.register_.challenger_alias
+    client = MlflowClient()
+    run_id = mlflow.get_logged_model(trained["model_id"]).source_run_id
     tags = {
         "heldout_elbo": repr(report["heldout_elbo"]),
         "data_sha256": data["sha256"],
-        "config_sha256": PipelineConfig.model_validate(config).sha256(),
+        "config_sha256": cfg.sha256(),
         "validation_status": "passed",
+        "weights_uri": champion.log_weights(trained["checkpoint"], run_id),
     }
     if commit := tracking.git_commit():
         tags["git_commit"] = commit
-    version = mlflow.register_model(f"models:/{trained['model_id']}", name, tags=tags)
-    MlflowClient().set_registered_model_alias(name, alias, version.version)
-    return {"name": name, "version": str(version.version), "alias": alias, "uri": f"models:/{name}@{alias}"}
+    version = str(mlflow.register_model(f"models:/{trained['model_id']}", name, tags=tags).version)
+    client.set_registered_model_alias(name, chall_alias, version)
+
+    incumbent = _current_champion(client, name, champ_alias)
+    scores: dict[str, float | None] = {"challenger": champion.score(load_model(trained["checkpoint"]), data["snapshot"], cfg), "champion": None}
+    why_not = None
+    if incumbent is not None:
+        if "weights_uri" not in incumbent.tags:
+            why_not = "its version has no weights_uri tag"
+        else:
+            old = champion.load_weights(incumbent.tags["weights_uri"])
+            why_not = champion.incompatibility(old, data["snapshot"])
+            if why_not is None:
+                scores["champion"] = champion.score(old, data["snapshot"], cfg)
+    promoted, reason = decide(scores["challenger"], scores["champion"], cfg.register_.min_improvement, why_not)
+    if promoted:
+        client.set_registered_model_alias(name, champ_alias, version)
+    old_version = None if incumbent is None else str(incumbent.version)
+    decision_tags = {
+        "champion_decision": "promoted" if promoted else "kept",
+        "champion_decision_reason": reason,
+        "challenger_heldout_elbo": repr(scores["challenger"]),
+        "champion_heldout_elbo": repr(scores["champion"]) if scores["champion"] is not None else "n/a",
+        "compared_with_version": old_version or "none",
+        "compared_on_data_sha256": data["sha256"],
+        "min_improvement": repr(cfg.register_.min_improvement),
+    }
+    for key, value in decision_tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    create_markdown_artifact(_markdown(name, version, old_version, scores, promoted, reason),
+                             key="champion-challenger", description="champion/challenger decision")
+    alias = champ_alias if promoted else chall_alias
+    return {"name": name, "version": version, "alias": alias, "uri": f"models:/{name}@{alias}",
+            "promoted": promoted, "champion_version": version if promoted else old_version,
+            "champion_uri": f"models:/{name}@{champ_alias}", "decision": reason}
