@@ -7,6 +7,8 @@ import os
 # Both tools phone home by default; a batch job on a closed network should not try.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect's temporary server gets 20 s to start by default: too little on a busy 2-core machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -27,22 +29,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Train, gate, register and sample VAEs with Prefect and MLflow.")
 
 
-class _HideUserErrorTracebacks(logging.Filter):
-    """Prefect logs every failure with its traceback; a user error needs only its message."""
+def _quiet_user_errors() -> None:
+    """Prefect logs every failure with its traceback; a user error needs only its message.
+    Done where log records are made, so it holds for every handler Prefect sets up, later too."""
+    make_record = logging.getLogRecordFactory()
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
         if record.exc_info and isinstance(record.exc_info[1], UserError):
             record.exc_info = None
-            record.exc_text = None
-        return True
+        return record
 
-
-def _quiet_user_errors() -> None:
-    import prefect.logging.configuration  # noqa: F401  (sets up Prefect's handlers)
-
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
-        for handler in logging.getLogger(name).handlers:
-            handler.addFilter(_HideUserErrorTracebacks())
+    logging.setLogRecordFactory(factory)
 
 
 def _fail(message: str, code: int = 1) -> None:
