@@ -1,25 +1,60 @@
-"""Step 5, and the on-demand flow: sample a registered model into Parquet and PNG shards."""
+"""Step 5, and the on-demand flow: sample a registered model into Parquet and PNG shards.
+
+Shards are mapped Prefect tasks. By default they run one after another in this process (each
+shard already uses every core); with `dask_address` they run on that Dask cluster, and with
+`dask_workers` on a local cluster of that many single-threaded worker processes.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import mlflow
 from prefect import flow, task, unmapped
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows import registry, tracking
+from vae_model.errors import UserError
 from vae_model.generate import (
-    Request, SamplerSpec, make_shard, num_shards, parse_labels, prepare_output, write_manifest,
+    Request, SamplerSpec, check_positive, make_shard, num_shards, parse_labels, prepare_output, write_manifest,
 )
 
 
 @task(name="generate-shard")
-def generate_shard(model: dict[str, Any], request: dict[str, Any], shard: int, out_dir: str, tracking_uri: str | None) -> dict[str, Any]:
+def generate_shard(model: dict[str, Any], request: dict[str, Any], shard: int, out_dir: str, tracking_uri: str) -> dict[str, int]:
     """Sample one shard and write its files; a finished shard is kept as it is."""
     tracking.use({"uri": tracking_uri})
     decode = registry.load_sampler(model["name"], model["version"])
-    return make_shard(decode, SamplerSpec(**model["spec"]), Request(**request), shard, Path(out_dir))
+    record = make_shard(decode, SamplerSpec(**model["spec"]), Request.from_dict(request), shard, Path(out_dir))
+    return {"shard": shard, "rows": record["rows"], "files": len(record["files"])}
+
+
+def shard_runner(dask_address: str | None, dask_workers: int) -> TaskRunner:
+    """Where the shard tasks run: this process, an existing Dask cluster or a local one."""
+    if dask_address and dask_workers:
+        raise UserError("generate.dask_address and generate.dask_workers: set one or the other, not both")
+    if dask_workers < 0:
+        raise UserError(f"generate.dask_workers: expected 0 (no Dask) or more, got {dask_workers}")
+    if not dask_address and not dask_workers:
+        return ThreadPoolTaskRunner(max_workers=1)
+    from prefect_dask import DaskTaskRunner
+
+    if dask_address:
+        return DaskTaskRunner(address=dask_address)
+    # One thread per worker process: a shard's decoder pool then uses that worker's one core.
+    return DaskTaskRunner(cluster_kwargs={
+        "n_workers": dask_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None,
+    })
+
+
+def _connect(runner: TaskRunner, dask_address: str | None) -> None:
+    if dask_address is None:
+        return
+    try:
+        runner.client  # noqa: B018  (connects now, so that a wrong address fails here, named)
+    except OSError as exc:
+        raise UserError(f"generate.dask_address {dask_address}: no Dask scheduler answers ({exc})") from None
 
 
 @flow(name="generate", task_runner=ThreadPoolTaskRunner(max_workers=1))
@@ -33,9 +68,16 @@ def generate(
     shard_size: int = 65536,
     overwrite: bool = False,
     tracking_uri: str | None = None,
+    dask_address: str | None = None,
+    dask_workers: int = 0,
 ) -> dict[str, Any]:
     """Generate `num_samples` from a registered model into `out_dir`, manifest last."""
+    check_positive("--num-samples", num_samples)
+    check_positive("--shard-size", shard_size)
+    runner = shard_runner(dask_address, dask_workers)
     tracking.use({"uri": tracking_uri})
+    # Workers in other processes (Dask) must find the same store, whatever their working directory.
+    store = mlflow.get_tracking_uri()
     model = registry.resolve(model_uri)
     label_spec, proportions = parse_labels(labels, model["spec"]["num_classes"])
     request = Request(
@@ -43,9 +85,13 @@ def generate(
         model_version=model["version"], formats=tuple(sorted(set(formats or ["parquet", "png"]))),
         shard_size=shard_size, labels=label_spec, labels_are_proportions=proportions,
     )
-    out = prepare_output(out_dir, request, overwrite)
-    futures = generate_shard.map(
-        unmapped(model), unmapped(request.to_dict()), range(num_shards(request)), unmapped(str(out)), unmapped(tracking_uri)
-    )
-    manifest = write_manifest(out, request, futures.result())
+    out = prepare_output(out_dir, request, overwrite).resolve()
+    parameters = {
+        "model": unmapped(model), "request": unmapped(request.to_dict()), "shard": range(num_shards(request)),
+        "out_dir": unmapped(str(out)), "tracking_uri": unmapped(store),
+    }
+    with runner:
+        _connect(runner, dask_address)
+        runner.map(generate_shard, parameters).result()
+    manifest = write_manifest(out, request)
     return {"out_dir": str(out), "manifest": str(manifest), "model_version": model["version"], "rows": num_samples}

@@ -1,17 +1,24 @@
 """Sampling from the prior into shards: deterministic, streamed to disk, resumable.
 
-A request is split into fixed-size shards. Shard i draws its latent codes (and labels) from a
-generator seeded by (seed, i) alone, so its bytes depend only on the model, the seed and i, and
-shards can be made in any order, in any process. Each finished shard leaves a record under
-`.shards/`; a rerun of the same request skips recorded shards, and `manifest.json` is written
-last, when every shard is recorded.
+A request is split into fixed-size shards and each shard into blocks of `DECODE_BLOCK` rows.
+Shard i draws its latent codes (and labels), block after block, from a generator seeded by
+(seed, i) alone, and every block is decoded by a single-threaded matmul, so a shard's bytes
+depend only on the model, the seed and i: shards can be made in any order, in any process, on
+any number of cores (of one CPU architecture: BLAS kernels differ between instruction sets).
+A small pool of threads decodes blocks while the calling thread writes the finished ones, so
+memory holds a few blocks, never a shard or the request. Each finished shard leaves a record
+under `.shards/`; a rerun of the same request skips recorded shards, and `manifest.json` is
+written last, when every shard is recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +29,13 @@ import torch
 from vae_model import __version__
 from vae_model.atomic import sha256_file, write_json
 from vae_model.errors import UserError
-from vae_model.sample_files import save_grid, write_parquet_shard, write_png_shard
+from vae_model.sample_files import parquet_shard, save_grid, write_pngs
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 UNLABELLED = "unlabelled"
+# Rows per decoder call and per Parquet row group. Part of what defines the output: a block's
+# shape picks the BLAS kernel, so changing it may change the last bit of some pixels.
+DECODE_BLOCK = 8192
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,11 @@ class SamplerSpec:
     height: int
     width: int
     num_classes: int = 0
+
+
+def check_positive(name: str, value: int) -> None:
+    if value < 1:
+        raise UserError(f"{name}: expected a positive number, got {value}")
 
 
 @dataclass(frozen=True)
@@ -53,16 +68,19 @@ class Request:
     tool_version: str = field(default=__version__)
 
     def __post_init__(self) -> None:
-        if self.num_samples < 1:
-            raise UserError(f"--num-samples: expected a positive number of samples, got {self.num_samples}")
-        if self.shard_size < 1:
-            raise UserError(f"generate.shard_size: expected a positive number, got {self.shard_size}")
+        check_positive("--num-samples", self.num_samples)
+        check_positive("generate.shard_size", self.shard_size)
         unknown = set(self.formats) - {"parquet", "png"}
         if unknown or not self.formats:
             raise UserError(f"--format: expected parquet and/or png, got {','.join(self.formats) or 'nothing'}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Request:
+        labels = data.get("labels")
+        return cls(**{**data, "formats": tuple(data["formats"]), "labels": None if labels is None else tuple(labels)})
 
 
 def parse_labels(text: str | None, num_classes: int) -> tuple[tuple[float, ...] | None, bool]:
@@ -111,28 +129,122 @@ def num_shards(request: Request) -> int:
     return -(-request.num_samples // request.shard_size)
 
 
-@torch.no_grad()
-def sample_shard(decode: Decoder, spec: SamplerSpec, request: Request, shard: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """The uint8 images (n, C, H, W) and labels of one shard."""
-    _, n = shard_rows(request, shard)
+def shard_blocks(spec: SamplerSpec, request: Request, shard: int) -> Iterator[tuple[np.ndarray, torch.Tensor, np.ndarray | None]]:
+    """(sample ids, decoder input, labels) of each block of one shard, drawn in order."""
+    start, n = shard_rows(request, shard)
     generator = shard_generator(request.seed, shard)
-    z = torch.randn(n, spec.latent_dim, generator=generator)
-    labels = None
-    if spec.num_classes:
-        labels = _draw_labels(request, shard, n, generator)
-        z = torch.cat([z, torch.nn.functional.one_hot(torch.from_numpy(labels), spec.num_classes).float()], 1)
-    pixels = decode(z).float().mul_(255).round_().clamp_(0, 255).to(torch.uint8)
-    return pixels.reshape(n, spec.channels, spec.height, spec.width).numpy(), labels
+    for offset in range(0, n, DECODE_BLOCK):
+        rows = min(DECODE_BLOCK, n - offset)
+        ids = np.arange(start + offset, start + offset + rows, dtype=np.int64)
+        z = torch.randn(rows, spec.latent_dim, generator=generator)
+        labels = None
+        if spec.num_classes:
+            labels = _draw_labels(request, ids, generator)
+            z = torch.cat([z, torch.nn.functional.one_hot(torch.from_numpy(labels), spec.num_classes).float()], 1)
+        yield ids, z, labels
 
 
-def _draw_labels(request: Request, shard: int, n: int, generator: torch.Generator) -> np.ndarray:
+def _draw_labels(request: Request, ids: np.ndarray, generator: torch.Generator) -> np.ndarray:
     assert request.labels is not None
     if request.labels_are_proportions:
         weights = torch.tensor(request.labels, dtype=torch.float64)
-        return torch.multinomial(weights, n, replacement=True, generator=generator).numpy()
-    start, _ = shard_rows(request, shard)
+        return torch.multinomial(weights, len(ids), replacement=True, generator=generator).numpy()
     cycle = np.asarray(request.labels, dtype=np.int64)
-    return cycle[(start + np.arange(n)) % len(cycle)]
+    return cycle[ids % len(cycle)]
+
+
+def decode_block(decode: Decoder, spec: SamplerSpec, z: torch.Tensor) -> np.ndarray:
+    """uint8 images (n, C, H, W) of one block. Call it on a thread set to one torch thread."""
+    with torch.inference_mode():
+        pixels = decode(z).float().mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+    return pixels.reshape(len(z), spec.channels, spec.height, spec.width).numpy()
+
+
+def _one_core() -> None:
+    torch.set_num_threads(1)
+    # Threads inherit the creator's denormal mode (training turns flushing on): fix it here.
+    torch.set_flush_denormal(True)
+
+
+@contextlib.contextmanager
+def decoder_pool(workers: int) -> Iterator[ThreadPoolExecutor]:
+    """Threads that each run torch on one core: the same bytes whatever the core count."""
+    caller = torch.get_num_threads()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="decode", initializer=_one_core)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        # set_num_threads(1) on the pool also lowered the count that new threads start with.
+        torch.set_num_threads(caller)
+
+
+def _block_files(decode: Decoder, spec: SamplerSpec, z: torch.Tensor, labels: np.ndarray | None,
+                 ids: np.ndarray, png_root: Path | None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    images = decode_block(decode, spec, z)
+    if png_root is None:
+        return images, []
+    folders = [UNLABELLED] * len(ids) if labels is None else [str(v) for v in labels.tolist()]
+    return images, write_pngs(png_root, images, folders, ids)
+
+
+def _record_path(out: Path, shard: int) -> Path:
+    return out / ".shards" / f"part-{shard:05d}.json"
+
+
+def _finished(out: Path, shard: int) -> dict[str, Any] | None:
+    """The record of a finished shard whose files are all still there, else None."""
+    path = _record_path(out, shard)
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return record if all((out / f["path"]).exists() for f in record["files"]) else None
+
+
+def make_shard(decode: Decoder, spec: SamplerSpec, request: Request, shard: int, out: Path,
+               workers: int | None = None) -> dict[str, Any]:
+    """Write one shard's files unless its record exists; return the record."""
+    if (record := _finished(out, shard)) is not None:
+        return record
+    start, n = shard_rows(request, shard)
+    workers = workers or max(1, torch.get_num_threads())
+    parquet_path = out / f"part-{shard:05d}.parquet"
+    pngs: list[dict[str, Any]] = []
+    preview = None
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(decoder_pool(workers))
+        write_rows = None
+        if "parquet" in request.formats:
+            write_rows = stack.enter_context(parquet_shard(parquet_path, spec.channels * spec.height * spec.width, request, start))
+        png_root = out if "png" in request.formats else None
+        pending: deque = deque()
+
+        def finish_oldest() -> None:
+            nonlocal preview
+            ids, labels, future = pending.popleft()
+            images, entries = future.result()
+            if write_rows is not None:
+                write_rows(images, labels, ids)
+            pngs.extend(entries)
+            if shard == 0 and ids[0] == 0:
+                preview = save_grid(out / "preview.png", images[:64])
+
+        # At most workers + 1 blocks in flight: enough to keep every core busy, and a bound on memory.
+        for ids, z, labels in shard_blocks(spec, request, shard):
+            pending.append((ids, labels, pool.submit(_block_files, decode, spec, z, labels, ids, png_root)))
+            if len(pending) > workers:
+                finish_oldest()
+        while pending:
+            finish_oldest()
+    files: list[dict[str, Any]] = []
+    if write_rows is not None:
+        files.append({"path": parquet_path.name, "rows": n, "sha256": sha256_file(parquet_path)})
+    files.extend(pngs)
+    if preview is not None:
+        files.append({"path": preview.name, "rows": min(n, 64), "sha256": sha256_file(preview)})
+    record = {"shard": shard, "rows": n, "files": files}
+    write_json(_record_path(out, shard), record)
+    return record
 
 
 def prepare_output(out_dir: str | Path, request: Request, overwrite: bool) -> Path:
@@ -140,10 +252,14 @@ def prepare_output(out_dir: str | Path, request: Request, overwrite: bool) -> Pa
     out = Path(out_dir)
     record = out / ".shards" / "request.json"
     if out.exists() and any(out.iterdir()):
-        same = record.exists() and json.loads(record.read_text()) == json.loads(json.dumps(request.to_dict()))
+        same = record.exists() and json.loads(record.read_text()) == request.to_dict()
         if not same and not overwrite:
             raise UserError(f"{out}: not empty and holds another request's output; pass --overwrite to replace it")
-        if not same:
+        if same:
+            # Temporary files of a killed run; the shards they belonged to are made again.
+            for stale in out.rglob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+        else:
             shutil.rmtree(out)
     try:
         (out / ".shards").mkdir(parents=True, exist_ok=True)
@@ -154,40 +270,23 @@ def prepare_output(out_dir: str | Path, request: Request, overwrite: bool) -> Pa
     return out
 
 
-def make_shard(decode: Decoder, spec: SamplerSpec, request: Request, shard: int, out: Path) -> dict[str, Any]:
-    """Write one shard's files unless its record exists; return the record."""
-    record_path = out / ".shards" / f"part-{shard:05d}.json"
-    if record_path.exists():
-        return json.loads(record_path.read_text())
-    images, labels = sample_shard(decode, spec, request, shard)
-    start, n = shard_rows(request, shard)
-    ids = np.arange(start, start + n, dtype=np.int64)
+def write_manifest(out: Path, request: Request) -> Path:
+    """Gather the shard records into `manifest.json`, written last: its presence says the request is complete."""
     files: list[dict[str, Any]] = []
-    if "parquet" in request.formats:
-        path = write_parquet_shard(out / f"part-{shard:05d}.parquet", images, labels, ids, request)
-        files.append({"path": path.relative_to(out).as_posix(), "rows": n, "sha256": sha256_file(path)})
-    if "png" in request.formats:
-        folders = [UNLABELLED] * n if labels is None else [str(v) for v in labels]
-        for path, digest in write_png_shard(out / "images", images, folders, ids):
-            files.append({"path": path.relative_to(out).as_posix(), "rows": 1, "sha256": digest})
-    if shard == 0:
-        preview = save_grid(out / "preview.png", images[:64])
-        files.append({"path": preview.name, "rows": min(n, 64), "sha256": sha256_file(preview)})
-    record = {"shard": shard, "rows": n, "files": files}
-    write_json(record_path, record)
-    return record
-
-
-def write_manifest(out: Path, request: Request, records: list[dict[str, Any]]) -> Path:
-    """Written last: its presence says the request is complete."""
-    missing = sorted(set(range(num_shards(request))) - {r["shard"] for r in records})
+    missing = []
+    for shard in range(num_shards(request)):
+        path = _record_path(out, shard)
+        if not path.exists():
+            missing.append(shard)
+            continue
+        files.extend(json.loads(path.read_text())["files"])
     if missing:
-        raise RuntimeError(f"shards {missing[:5]} are not finished")
-    files = [f for r in sorted(records, key=lambda r: r["shard"]) for f in r["files"]]
+        raise RuntimeError(f"{out}: shards {missing[:5]} are not finished")
     manifest = {
         **request.to_dict(),
         "rows": request.num_samples,
-        "shards": len(records),
+        "shards": num_shards(request),
+        "decode_block": DECODE_BLOCK,
         "files": files,
     }
     write_json(out / "manifest.json", manifest)

@@ -1,0 +1,216 @@
+"""On-demand generation: byte-identical repeats, resume after a real kill, refusals, conditional
+labels, read-back by pyarrow, pandas and torchvision, and the Dask path.
+
+Two tiny models (unconditional and conditional, trained for two epochs on the digits) are
+registered once per module in a temporary MLflow SQLite store; the flow runs for real on the
+session's Prefect test server.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+import torch
+from mlflow import MlflowClient
+
+import vae_model.generate as gen
+from flows.generate import generate
+from flows.train import log_sampler
+from vae_model.config import DataConfig, ModelConfig, TrainConfig
+from vae_model.data import load_source
+from vae_model.errors import UserError
+from vae_model.train import train, vae_config
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Register an unconditional and a conditional tiny model; yield the store URI and model URIs."""
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    experiment = MlflowClient().create_experiment("generate-tests", artifact_location=str(root / "artifacts"))
+    train_data, val_data = load_source(DataConfig())
+    uris = {"store": uri}
+    for name, conditional in (("plain", False), ("cond", True)):
+        model_cfg = vae_config(ModelConfig(latent_dim=4, hidden_dim=32, conditional=conditional), train_data)
+        model = train(model_cfg, TrainConfig(epochs=2, progress=False), train_data, val_data).model.eval()
+        with mlflow.start_run(experiment_id=experiment):
+            model_id = log_sampler(model)
+        version = mlflow.register_model(f"models:/{model_id}", name)
+        MlflowClient().set_registered_model_alias(name, "champion", version.version)
+        uris[name] = f"models:/{name}@champion"
+    return uris
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _parts(folder: Path) -> list[str]:
+    return sorted(glob.glob(str(folder / "part-*.parquet")))
+
+
+def test_repeats_are_byte_identical_and_read_back_everywhere(prefect_server, models, tmp_path, monkeypatch):
+    # Small blocks, so that each shard is decoded by several threads and has several row groups.
+    monkeypatch.setattr(gen, "DECODE_BLOCK", 64)
+    args = dict(num_samples=300, shard_size=128, tracking_uri=models["store"], formats=["parquet", "png"])
+    a = generate(models["plain"], out_dir=str(tmp_path / "a"), seed=7, **args)
+    generate(models["plain"], out_dir=str(tmp_path / "b"), seed=7, **args)
+    generate(models["plain"], out_dir=str(tmp_path / "c"), seed=8, **args)
+    first, again, other = (_tree(tmp_path / x) for x in "abc")
+    assert first == again
+    assert first["part-00000.parquet"] != other["part-00000.parquet"]
+    assert a["rows"] == 300
+
+    out = tmp_path / "a"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 7 and manifest["shards"] == 3 and manifest["model_uri"] == models["plain"]
+    listed = {f["path"] for f in manifest["files"]}
+    assert listed == {p for p in first if not p.startswith(".shards/") and p != "manifest.json"}
+
+    parquet = pq.ParquetFile(out / "part-00001.parquet")
+    assert parquet.num_row_groups == 2  # 128 rows in blocks of 64
+    meta = parquet.schema_arrow.metadata
+    assert meta[b"model_uri"] == models["plain"].encode() and meta[b"seed"] == b"7"
+    assert meta[b"first_sample_id"] == b"128"
+    table = ds.dataset(_parts(out), format="parquet").to_table()
+    assert sorted(table.column("sample_id").to_pylist()) == list(range(300))
+    assert table.column("label").null_count == 300
+    frame = pd.read_parquet(_parts(out))
+    assert len(frame) == 300 and set(frame["seed"]) == {7} and set(frame["model_name"]) == {"plain"}
+
+    from torchvision.datasets import ImageFolder
+
+    folder = ImageFolder(str(out / "images"))
+    assert folder.classes == ["unlabelled"] and len(folder) == 300
+    pixels = np.frombuffer(frame.set_index("sample_id").loc[5, "pixels"], np.uint8).reshape(8, 8)
+    path, _ = folder.samples[5]
+    assert Path(path).name == "000000005.png"
+    assert np.array_equal(np.asarray(folder.loader(path).convert("L")), pixels)
+
+
+def test_decoded_bytes_do_not_depend_on_threads(models, tmp_path, monkeypatch):
+    from flows import registry, tracking
+
+    monkeypatch.setattr(gen, "DECODE_BLOCK", 32)
+    tracking.use({"uri": models["store"]})
+    model = registry.resolve(models["plain"])
+    decode = registry.load_sampler(model["name"], model["version"])
+    spec = gen.SamplerSpec(**model["spec"])
+    request = gen.Request(200, 3, models["plain"], model["name"], model["version"], ("parquet",), 200)
+    threads = torch.get_num_threads()
+    outputs = []
+    for workers in (1, 3):
+        out = tmp_path / str(workers)
+        (out / ".shards").mkdir(parents=True)
+        gen.make_shard(decode, spec, request, 0, out, workers=workers)
+        outputs.append((out / "part-00000.parquet").read_bytes())
+    assert outputs[0] == outputs[1]
+    assert torch.get_num_threads() == threads
+
+
+def test_conflicting_request_is_refused_unless_overwrite(prefect_server, models, tmp_path):
+    out = tmp_path / "out"
+    args = dict(num_samples=20, out_dir=str(out), tracking_uri=models["store"], formats=["parquet"])
+    generate(models["plain"], seed=1, **args)
+    before = _tree(out)
+    with pytest.raises(UserError, match="another request.*--overwrite"):
+        generate(models["plain"], seed=2, **args)
+    assert _tree(out) == before
+    generate(models["plain"], seed=2, overwrite=True, **args)
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 2
+    for bad in (0, -5):
+        with pytest.raises(UserError, match="--num-samples: expected a positive number"):
+            generate(models["plain"], num_samples=bad, out_dir=str(tmp_path / "n"), tracking_uri=models["store"])
+    with pytest.raises(UserError, match="not conditional"):
+        generate(models["plain"], num_samples=5, out_dir=str(tmp_path / "l"), labels="3", tracking_uri=models["store"])
+    assert not (tmp_path / "n").exists() and not (tmp_path / "l").exists()
+
+
+def test_conditional_labels_single_list_and_proportions(prefect_server, models, tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    def run(name: str, labels: str | None, n: int = 60) -> pd.DataFrame:
+        generate(models["cond"], num_samples=n, out_dir=str(tmp_path / name), labels=labels, seed=0,
+                 shard_size=32, tracking_uri=models["store"])
+        return pd.read_parquet(_parts(tmp_path / name))
+
+    single = run("single", "3")
+    assert set(single["label"]) == {3}
+    assert ImageFolder(str(tmp_path / "single" / "images")).classes == ["3"]
+
+    cycled = run("list", "0,1,2")
+    assert cycled.sort_values("sample_id")["label"].tolist() == [0, 1, 2] * 20
+
+    mixed = run("mixed", "0:0.75,9:0.25", n=400)
+    assert set(mixed["label"]) == {0, 9}
+    assert abs((mixed["label"] == 0).mean() - 0.75) < 0.1
+    folder = ImageFolder(str(tmp_path / "mixed" / "images"))
+    assert folder.classes == ["0", "9"] and len(folder) == 400
+    by_id = dict(zip(mixed["sample_id"], mixed["label"], strict=True))
+    for path, target in folder.samples[::40]:
+        assert int(folder.classes[target]) == by_id[int(Path(path).stem)]
+
+    every = run("default", None, n=20)
+    assert every.sort_values("sample_id")["label"].tolist() == list(range(10)) * 2
+    with pytest.raises(UserError, match="label 12 is outside 0..9"):
+        run("bad", "12")
+
+
+def test_killed_generation_resumes_to_identical_files(prefect_server, models, tmp_path):
+    args = ["--model", models["cond"], "--num-samples", "3000", "--shard-size", "50", "--seed", "5",
+            "--format", "parquet,png", "--labels", "1,7", "--tracking-uri", models["store"]]
+    out = tmp_path / "killed"
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "generate", *args, "--out", str(out)],
+                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / ".shards" / "part-00003.json").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "generation ended before it was killed"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    records = list((out / ".shards").glob("part-*.json"))
+    assert not (out / "manifest.json").exists() and 4 <= len(records) < 60
+
+    # The same request again, as the CLI sent it: it keeps the finished shards and completes.
+    request = dict(num_samples=3000, shard_size=50, seed=5, formats=["parquet", "png"], labels="1,7",
+                   tracking_uri=models["store"])
+    kept = {p.name: p.stat().st_mtime_ns for p in records}
+    generate(models["cond"], out_dir=str(out), **request)
+    assert all((out / ".shards" / name).stat().st_mtime_ns == mtime for name, mtime in kept.items())
+    generate(models["cond"], out_dir=str(tmp_path / "whole"), **request)
+    resumed, whole = _tree(out), _tree(tmp_path / "whole")
+    assert resumed.keys() == whole.keys()
+    assert resumed == whole
+
+
+def test_dask_cluster_gives_the_single_process_bytes(prefect_server, models, tmp_path):
+    from distributed import Client, LocalCluster
+
+    args = dict(num_samples=200, shard_size=50, seed=11, labels="0:0.5,5:0.5", tracking_uri=models["store"])
+    generate(models["cond"], out_dir=str(tmp_path / "local"), **args)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        generate(models["cond"], out_dir=str(tmp_path / "dask"), dask_address=cluster.scheduler_address, **args)
+        with Client(cluster) as client:
+            ran_there = client.run(lambda: "vae_model.generate" in sys.modules)
+    assert any(ran_there.values())
+    assert _tree(tmp_path / "dask") == _tree(tmp_path / "local")
