@@ -51,11 +51,13 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> VAE:
 def checkpoint_path(cfg: PipelineConfig, data_sha256: str) -> Path:
     """Where a run's checkpoint lives: keyed by the data and every setting that shapes the
     weights, so rerunning a killed run with train.resume=true finds it (epochs may grow)."""
+    # A decaying learning rate depends on the total epochs, so then they shape the weights too.
+    free = {"resume", "progress", "checkpoint_dir"} | ({"epochs"} if cfg.train.lr_schedule == "constant" else set())
     shaping = {
         "data": data_sha256,
         "binarize": cfg.data.binarize,
         "model": cfg.model.model_dump(mode="json"),
-        "train": cfg.train.model_dump(mode="json", exclude={"resume", "progress", "epochs", "checkpoint_dir"}),
+        "train": cfg.train.model_dump(mode="json", exclude=free),
     }
     key = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cfg.train.checkpoint_dir) / f"{key}.pt"

@@ -67,6 +67,14 @@ class TrainResult:
     resumed_from_epoch: int = 0
 
 
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """The learning rate of an epoch: a pure function of the config, so resuming needs no state."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    progress = (epoch - 1) / max(1, cfg.epochs - 1)
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * progress))
+
+
 def _kl_weight(cfg: TrainConfig, epoch: int, step: int, steps: int) -> float:
     if cfg.warmup_epochs == 0:
         return cfg.beta
@@ -114,6 +122,8 @@ def train(
     with progress if progress is not None else contextlib.nullcontext():
         for epoch in range(start_epoch, cfg.epochs + 1):
             model.train()
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, epoch)
             started = time.perf_counter()
             train_elbo = _train_epoch(model, optimizer, step_fn, train_t, cfg, epoch, generator, progress)
             epoch_seconds = time.perf_counter() - started
@@ -150,16 +160,25 @@ def _compile_step(model: VAE, cfg: TrainConfig, device: torch.device):
 
 def _train_epoch(model, optimizer, step_fn, data: DeviceData, cfg: TrainConfig, epoch: int, generator, progress) -> float:
     n = len(data.x)
-    order = torch.randperm(n, generator=generator, device=data.x.device)
+    device = data.x.device
+    order = torch.randperm(n, generator=generator, device=device)
     steps = math.ceil(n / cfg.batch_size)
-    total = torch.zeros((), device=data.x.device)
+    # Losses stay on the device and are checked in blocks: a GPU is not made to wait for the
+    # host after every step. On CPU there is no queue to drain, so every step is checked
+    # before its update.
+    check_every = 1 if device.type == "cpu" else 32
+    losses = torch.empty(steps, device=device)
+    total = torch.zeros((), device=device)
     task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=n) if progress is not None else None
+    checked = 0
     for step in range(steps):
         index = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         x, y = data.batch(index, generator)
         loss, batch_elbo = step_fn(x, y, generator, _kl_weight(cfg, epoch, step, steps))
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"training diverged at epoch {epoch}, step {step + 1}: loss is {loss.item()}")
+        losses[step] = loss.detach()
+        if step + 1 - checked >= check_every or step + 1 == steps:
+            _check_finite(losses, checked, step + 1, epoch)
+            checked = step + 1
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -169,6 +188,16 @@ def _train_epoch(model, optimizer, step_fn, data: DeviceData, cfg: TrainConfig, 
     if task is not None:
         progress.remove_task(task)
     return total.item() / n
+
+
+def _check_finite(losses: torch.Tensor, start: int, stop: int, epoch: int) -> None:
+    block = losses[start:stop]
+    bad = ~torch.isfinite(block)
+    if bad.any():
+        first = int(bad.nonzero()[0, 0])
+        raise TrainingDiverged(
+            f"training diverged at epoch {epoch}, step {start + first + 1}: loss is {block[first].item()}"
+        )
 
 
 def _progress(cfg: TrainConfig, n: int):

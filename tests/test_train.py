@@ -1,0 +1,100 @@
+"""The trainer's failure paths: divergence, and resuming a run killed between epochs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vae_model.checkpoint import load_checkpoint
+from vae_model.config import DataConfig, ModelConfig, TrainConfig
+from vae_model.data.sources import load_source
+from vae_model.errors import TrainingDiverged
+from vae_model.train import lr_at, train, vae_config
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCHS, KILL_AFTER = 4, 2
+
+# The child trains like the test does, then hangs after epoch KILL_AFTER's checkpoint is written,
+# so the parent can SIGKILL it at a known point.
+CHILD = """
+import json, sys, time
+from vae_model.config import DataConfig, ModelConfig, TrainConfig
+from vae_model.data.sources import load_source
+from vae_model.train import train, vae_config
+spec = json.loads(sys.argv[1])
+tr, va = load_source(DataConfig(kind="digits"))
+tr, va = tr.subset(range(256)), va.subset(range(64))
+def on_epoch(epoch, metrics):
+    if epoch == spec["kill_after"]:
+        print("checkpointed", flush=True)
+        time.sleep(600)
+train(vae_config(ModelConfig(**spec["model"]), tr), TrainConfig(**spec["train"]), tr, va,
+      spec["binarize"], spec["checkpoint"], on_epoch=on_epoch)
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    train_data, val_data = load_source(DataConfig(kind="digits"))
+    return train_data.subset(range(256)), val_data.subset(range(64))
+
+
+def _without_time(history):
+    return [{k: v for k, v in m.items() if k != "epoch_seconds"} for m in history]
+
+
+def test_huge_learning_rate_raises_naming_epoch_and_step(tiny, tmp_path):
+    train_data, val_data = tiny
+    ckpt = tmp_path / "run.pt"
+    cfg = TrainConfig(epochs=3, lr=1e10, progress=False, device="cpu")
+    with pytest.raises(TrainingDiverged, match=r"^training diverged at epoch 1, step \d+: loss is nan"):
+        train(vae_config(ModelConfig(latent_dim=4, hidden_dim=32), train_data), cfg, train_data, val_data,
+              checkpoint_path=ckpt)
+    # Nothing was finished, so no checkpoint says otherwise.
+    assert not ckpt.exists() and not list(tmp_path.iterdir())
+
+
+def test_cosine_schedule_runs_from_lr_to_lr_min():
+    cfg = TrainConfig(epochs=5, lr=1e-3, lr_min=1e-5, lr_schedule="cosine")
+    rates = [lr_at(cfg, e) for e in range(1, 6)]
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-5)
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert lr_at(TrainConfig(lr=2e-3), 7) == 2e-3
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny, tmp_path):
+    train_data, val_data = tiny
+    model = {"latent_dim": 4, "hidden_dim": 32}
+    # Dynamic binarisation and a decaying rate: every random stream and schedule must resume right.
+    train_kw = {"epochs": EPOCHS, "batch_size": 64, "lr": 3e-3, "seed": 7, "device": "cpu", "progress": False,
+                "lr_schedule": "cosine", "lr_min": 1e-4, "warmup_epochs": 2}
+    ckpt = tmp_path / "killed.pt"
+    spec = {"model": model, "train": train_kw, "binarize": "dynamic", "checkpoint": str(ckpt), "kill_after": KILL_AFTER}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(spec)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert child.stdout.readline().strip() == "checkpointed"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    assert load_checkpoint(ckpt)["epoch"] == KILL_AFTER
+
+    model_cfg = vae_config(ModelConfig(**model), train_data)
+    resumed = train(model_cfg, TrainConfig(**train_kw, resume=True), train_data, val_data, "dynamic", ckpt)
+    straight = train(model_cfg, TrainConfig(**train_kw), train_data, val_data, "dynamic", tmp_path / "straight.pt")
+
+    assert resumed.resumed_from_epoch == KILL_AFTER + 1
+    assert len(resumed.history) == EPOCHS
+    assert _without_time(resumed.history) == _without_time(straight.history)
+    for (name, a), (_, b) in zip(resumed.model.state_dict().items(), straight.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert load_checkpoint(ckpt)["epoch"] == EPOCHS
