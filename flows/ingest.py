@@ -14,6 +14,7 @@ from flows import tracking
 from flows.retry import network
 from vae_model.config import PipelineConfig
 from vae_model.data import load_source, write_snapshot
+from vae_model.train import vae_config
 
 
 @task(name="ingest", **network(timeout_s=1800))
@@ -21,6 +22,7 @@ def ingest(config: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Load, check and snapshot the configured dataset."""
     cfg = PipelineConfig.model_validate(config)
     train, val = load_source(cfg.data)
+    vae_config(cfg.model, train)  # refuses a model the data cannot feed before anything is written
     path, sha = write_snapshot(train, val, cfg.data.snapshot_dir)
     with tracking.resumed(config["tracking"], run_id):
         with warnings.catch_warnings():
