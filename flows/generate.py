@@ -15,13 +15,14 @@ from prefect import flow, task, unmapped
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows import registry, tracking
+from flows.retry import network
 from vae_model.errors import UserError
 from vae_model.generate import (
     Request, SamplerSpec, check_positive, make_shard, num_shards, parse_labels, prepare_output, write_manifest,
 )
 
 
-@task(name="generate-shard")
+@task(name="generate-shard", **network(timeout_s=1800))
 def generate_shard(model: dict[str, Any], request: dict[str, Any], shard: int, out_dir: str, tracking_uri: str) -> dict[str, int]:
     """Sample one shard and write its files; a finished shard is kept as it is."""
     tracking.use({"uri": tracking_uri})
