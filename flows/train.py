@@ -37,6 +37,7 @@ def train(config: dict[str, Any], data: dict[str, Any], run_id: str) -> dict[str
             vae_config(cfg.model, train_data), cfg.train, train_data, val_data, cfg.data.binarize, ckpt,
             on_epoch=lambda epoch, m: mlflow.log_metrics({k: v for k, v in m.items() if k != "epoch"}, step=epoch),
         )
+        mlflow.set_tag("resumed_from_epoch", str(result.resumed_from_epoch))
         model = result.model.cpu().eval()
         examples = held_out(val_data, torch.device("cpu"), cfg.data.binarize, seed=cfg.train.seed)
         y = None if examples.y is None or not model.cfg.conditional else examples.y[:32]
