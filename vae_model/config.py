@@ -79,7 +79,7 @@ class EvaluateConfig(_Section):
     seed: int = 0
     k_precision: int = Field(3, ge=1)
     k_density: int = Field(5, ge=1)
-    classifier_steps: int = Field(1500, ge=1)
+    classifier_steps: int = Field(1000, ge=1)
     cache_dir: str = ".vae-pipeline/metrics"
     out_dir: str = ".vae-pipeline/evaluate"
 
