@@ -22,7 +22,9 @@ from vae_model.generate import (
 )
 
 
-@task(name="generate-shard", **network(timeout_s=1800))
+# No task timeout: shards run in worker threads, where Prefect cannot interrupt a blocked call;
+# the flow's own timeout (main thread) bounds a hung request instead.
+@task(name="generate-shard", **network(timeout_s=None))
 def generate_shard(model: dict[str, Any], request: dict[str, Any], shard: int, out_dir: str, tracking_uri: str) -> dict[str, int]:
     """Sample one shard and write its files; a finished shard is kept as it is."""
     tracking.use({"uri": tracking_uri})
@@ -58,7 +60,7 @@ def _connect(runner: TaskRunner, dask_address: str | None) -> None:
         raise UserError(f"generate.dask_address {dask_address}: no Dask scheduler answers ({exc})") from None
 
 
-@flow(name="generate", task_runner=ThreadPoolTaskRunner(max_workers=1))
+@flow(name="generate", task_runner=ThreadPoolTaskRunner(max_workers=1), timeout_seconds=4 * 3600)
 def generate(
     model_uri: str,
     num_samples: int,

@@ -18,7 +18,7 @@ def transient(task: Any, task_run: Any, state: Any) -> bool:
     return True
 
 
-def network(timeout_s: float, retries: int = 3) -> dict[str, Any]:
+def network(timeout_s: float | None, retries: int = 3) -> dict[str, Any]:
     """Task options: a bounded run time (a hung server call ends as a failure) and backed-off retries.
     MLflow's client already retries single HTTP calls; these cover an outage of a few minutes."""
     return {
