@@ -81,6 +81,8 @@ def run(
     result = _finish(pipeline(cfg.to_dict(), return_state=True), debug)
     model, samples = result["model"], result["samples"]
     typer.echo(result["gate"])
+    if result.get("evaluation"):
+        typer.echo(result["evaluation"])
     typer.echo(f"registered {model['name']} version {model['version']} as {model['uri']}")
     typer.echo(f"wrote {samples['rows']} samples to {samples['out_dir']} (manifest: {samples['manifest']})")
     typer.echo(f"MLflow run {result['run_id']}")
@@ -117,6 +119,30 @@ def generate(
     )
     result = _finish(state, debug)
     typer.echo(json.dumps(result))
+
+
+@app.command()
+def evaluate(
+    samples: Annotated[Path, typer.Option("--samples", help="A generated folder (part-*.parquet)")],
+    model: Annotated[str | None, typer.Option("--model", help="models:/NAME@ALIAS or /VERSION (default: the one the samples name)")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Real data snapshot (default: the one the model was trained on)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML config for evaluate.*, data.snapshot_dir, tracking.*")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set evaluate.max_samples=5000")] = None,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks")] = False,
+) -> None:
+    """Score a sample set's fidelity, utility and memorisation against the real data (an MLflow run)."""
+    try:
+        path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+        cfg = load_config(path, overrides or [])
+    except UserError as exc:
+        _fail(str(exc), 2)
+    if not debug:
+        _quiet_user_errors()
+    from flows.evaluate import evaluate_samples_flow
+
+    state = evaluate_samples_flow(cfg.to_dict(), str(samples), model_uri=model,
+                                  snapshot=None if data is None else str(data), return_state=True)
+    typer.echo(json.dumps(_finish(state, debug)))
 
 
 def main() -> None:

@@ -1,4 +1,9 @@
-"""The main job: ingest -> train -> validate -> register -> generate, as one Prefect flow."""
+"""The main job: ingest -> train -> validate -> evaluate -> register -> generate, as one Prefect flow.
+
+The evaluate step scores samples drawn from the trained model before it is registered, so that
+its optional thresholds (validate.max_exact_copy_rate, validate.max_fcd, ...) block registration
+exactly as the ELBO gate does.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from prefect import flow
 from prefect.states import Failed
 
 from flows import tracking
+from flows.evaluate import draw_samples, evaluate
 from flows.generate import generate
 from flows.ingest import ingest
 from flows.register import register
@@ -32,6 +38,12 @@ def pipeline(config: dict[str, Any]) -> dict[str, Any]:
         if not report["passed"]:
             tracking.end_run(run_id, "FAILED")
             return Failed(message=report["message"])
+        quality = None
+        if cfg.evaluate.enabled:
+            quality = evaluate(config, data, draw_samples(config, trained, run_id), run_id)
+            if not quality["passed"]:
+                tracking.end_run(run_id, "FAILED")
+                return Failed(message=quality["message"])
         model = register(config, data, trained, report)
         samples = generate(
             model["uri"], cfg.generate.num_samples, cfg.generate.out_dir, seed=cfg.generate.seed,
@@ -42,4 +54,5 @@ def pipeline(config: dict[str, Any]) -> dict[str, Any]:
         tracking.end_run(run_id, "FAILED")
         raise
     tracking.end_run(run_id, "FINISHED")
-    return {"run_id": run_id, "data": data, "gate": report["message"], "model": model, "samples": samples}
+    return {"run_id": run_id, "data": data, "gate": report["message"], "model": model, "samples": samples,
+            "evaluation": quality and quality["message"]}

@@ -1,0 +1,113 @@
+"""The evaluate step: a synthetic sample set against the real splits, recorded in MLflow and Prefect.
+
+In the pipeline it runs before registration, on samples drawn from the trained checkpoint with
+the generate settings, so that its thresholds block registration as the ELBO gate does; the
+`vae-pipeline evaluate` command runs it on any generated folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pyarrow.parquet as pq
+from mlflow import MlflowClient
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from flows import registry, tracking
+from vae_model.checkpoint import load_model
+from vae_model.config import PipelineConfig
+from vae_model.data import read_snapshot
+from vae_model.errors import UserError
+from vae_model.generate import Request, SamplerSpec, make_shard, num_shards, parse_labels, prepare_output, write_manifest
+from vae_model.metrics import evaluate_samples, read_samples
+from vae_model.metrics.gate import sample_gate
+from vae_model.metrics.samples import samples_model_uri
+from vae_model.model import Sampler
+
+
+@task(name="draw-evaluation-samples")
+def draw_samples(config: dict[str, Any], trained: dict[str, Any], run_id: str) -> str:
+    """Sample the trained, not yet registered, model into Parquet shards; return their folder."""
+    cfg = PipelineConfig.model_validate(config)
+    model = load_model(trained["checkpoint"])
+    m = model.cfg
+    labels, proportions = parse_labels(None, m.num_classes)
+    request = Request(
+        num_samples=min(cfg.generate.num_samples, cfg.evaluate.max_samples), seed=cfg.generate.seed,
+        model_uri=f"models:/{trained['model_id']}", model_name="unregistered", model_version=run_id,
+        formats=("parquet",), shard_size=cfg.generate.shard_size, labels=labels, labels_are_proportions=proportions,
+    )
+    out = prepare_output(Path(cfg.evaluate.out_dir) / run_id, request, overwrite=True)
+    decode, spec = Sampler(model.decoder).eval(), SamplerSpec(m.latent_dim, m.channels, m.height, m.width, m.num_classes)
+    for shard in range(num_shards(request)):
+        make_shard(decode, spec, request, shard, out)
+    write_manifest(out, request)
+    return str(out)
+
+
+@task(name="evaluate")
+def evaluate(config: dict[str, Any], data: dict[str, Any], samples_dir: str, run_id: str) -> dict[str, Any]:
+    """Score the samples' fidelity, utility and memorisation; log them and apply the sample gate."""
+    cfg = PipelineConfig.model_validate(config)
+    train, held = read_snapshot(data["snapshot"])
+    report = evaluate_samples(train, held, read_samples(samples_dir), cfg.evaluate,
+                              data_key=data["sha256"], cache_dir=cfg.evaluate.cache_dir)
+    decision = sample_gate(report.synthetic, cfg.validate_)
+    with tracking.resumed(config["tracking"], run_id):
+        mlflow.log_metrics(report.metrics())
+        mlflow.log_dict({**report.to_dict(), "samples": samples_dir, "gate": decision}, "evaluation/report.json")
+        mlflow.log_image(report.picture.transpose(1, 2, 0), "evaluation/closest_to_training.png")
+        mlflow.set_tag("sample_gate_status", "passed" if decision["passed"] else "failed")
+    create_markdown_artifact(f"{report.markdown()}\n{decision['message']}\n", key="evaluation",
+                             description="synthetic-data quality and privacy")
+    get_run_logger().info("evaluated %d samples in %.1f s; %s", report.counts["synthetic"], report.seconds, decision["message"])
+    return {"passed": decision["passed"], "message": decision["message"], "seconds": report.seconds,
+            "synthetic": report.synthetic, "real": report.real, "counts": report.counts}
+
+
+def _snapshot_for(model_uri: str | None, snapshot: str | None, snapshot_dir: str) -> dict[str, Any]:
+    """The real data to compare with: --data, else the snapshot the model's version was trained on."""
+    if snapshot is not None:
+        path = Path(snapshot)
+        if not path.is_file():
+            raise UserError(f"--data {path}: no such snapshot file (expected .vae-pipeline/data/<hash>.parquet)")
+        meta = pq.read_schema(path).metadata or {}
+        if b"sha256" not in meta:
+            raise UserError(f"--data {path}: not a vae-pipeline snapshot (no sha256 in its metadata)")
+        return {"snapshot": str(path), "sha256": meta[b"sha256"].decode()}
+    if model_uri is None:
+        raise UserError("--model: the samples record no model URI; pass --model or --data")
+    model = registry.resolve(model_uri)
+    sha = MlflowClient().get_model_version(model["name"], model["version"]).tags.get("data_sha256")
+    if not sha:
+        raise UserError(f"{model_uri}: the model version has no data_sha256 tag; pass --data SNAPSHOT")
+    path = Path(snapshot_dir) / f"{sha[:16]}.parquet"
+    if not path.is_file():
+        raise UserError(f"{path}: the snapshot {model_uri} was trained on is not here; pass --data SNAPSHOT")
+    return {"snapshot": str(path), "sha256": sha}
+
+
+@flow(name="evaluate")
+def evaluate_samples_flow(config: dict[str, Any], samples_dir: str, model_uri: str | None = None,
+                          snapshot: str | None = None) -> dict[str, Any]:
+    """Evaluate a generated folder against the data its model was trained on, as its own MLflow run."""
+    cfg = PipelineConfig.model_validate(config)
+    config = cfg.to_dict()
+    tracking.use(cfg.tracking)
+    model_uri = model_uri or samples_model_uri(samples_dir)
+    data = _snapshot_for(model_uri, snapshot, cfg.data.snapshot_dir)
+    run_id = tracking.start_run(cfg.tracking, run_name=f"evaluate-{Path(samples_dir).name}")
+    MlflowClient().set_tag(run_id, "evaluated_samples", str(Path(samples_dir).resolve()))
+    MlflowClient().set_tag(run_id, "data_sha256", data["sha256"])
+    if model_uri:
+        MlflowClient().set_tag(run_id, "evaluated_model", model_uri)
+    try:
+        result = evaluate(config, data, samples_dir, run_id)
+    except BaseException:
+        tracking.end_run(run_id, "FAILED")
+        raise
+    tracking.end_run(run_id, "FINISHED")
+    return {**result, "run_id": run_id}
