@@ -99,6 +99,8 @@ def generate(
     shard_size: Annotated[int, typer.Option(help="Samples per shard")] = 65536,
     overwrite: Annotated[bool, typer.Option(help="Replace another request's output in --out")] = False,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking/registry URI")] = None,
+    dask_address: Annotated[str | None, typer.Option(help="Run the shards on this Dask scheduler (tcp://host:8786)")] = None,
+    dask_workers: Annotated[int, typer.Option(help="Run the shards on a local Dask cluster of this many processes")] = 0,
     debug: Annotated[bool, typer.Option(help="Show tracebacks")] = False,
 ) -> None:
     """Generate samples from a registered model (streamed shards, manifest last)."""
@@ -115,7 +117,8 @@ def generate(
 
     state = generate_flow(
         str(model), num_samples, str(out), seed=seed, formats=formats, labels=labels,
-        shard_size=shard_size, overwrite=overwrite, tracking_uri=tracking_uri, return_state=True,
+        shard_size=shard_size, overwrite=overwrite, tracking_uri=tracking_uri,
+        dask_address=dask_address, dask_workers=dask_workers, return_state=True,
     )
     result = _finish(state, debug)
     typer.echo(json.dumps(result))

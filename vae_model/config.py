@@ -98,6 +98,10 @@ class GenerateConfig(_Section):
     out_dir: str = "outputs/samples"
     formats: list[Literal["parquet", "png"]] = ["parquet", "png"]
     shard_size: int = Field(65536, ge=1)
+    # Run the shards on an existing Dask cluster (scheduler address, e.g. tcp://host:8786), or
+    # on a local cluster of this many single-threaded worker processes; neither: this process.
+    dask_address: str | None = None
+    dask_workers: int = Field(0, ge=0)
 
     @field_validator("formats")
     @classmethod
