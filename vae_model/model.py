@@ -130,6 +130,14 @@ class VAE(nn.Module):
         # Gaussian likelihood: one log standard deviation shared by all pixels.
         self.log_scale = nn.Parameter(torch.tensor(math.log(0.1)), requires_grad=cfg.learn_scale)
 
+    @torch.no_grad()
+    def init_output_bias(self, pixel_mean: torch.Tensor) -> None:
+        """Start the decoder at the data's mean image: the first steps then learn structure
+        instead of the overall ink level. `pixel_mean` is in [0, 1], shaped (C, H, W)."""
+        last = self.decoder.net[-1] if self.cfg.arch == "mlp" else self.decoder.deconv[-2]
+        mean = pixel_mean.flatten() if self.cfg.arch == "mlp" else pixel_mean.flatten(1).mean(1)
+        last.bias.copy_(torch.logit(mean.clamp(1e-3, 1 - 1e-3)))
+
     def one_hot(self, y: torch.Tensor | None) -> torch.Tensor | None:
         if not self.cfg.conditional:
             return None

@@ -116,6 +116,8 @@ def train(
 
     train_t = to_device(train_data, device, binarize, seed=cfg.seed)
     val_t = held_out(val_data, device, binarize, seed=cfg.seed + 1)
+    if start_epoch == 1:
+        model.init_output_bias(train_t.x.mean(0))
     step_fn = _compile_step(model, cfg, device)
 
     progress = _progress(cfg, len(train_data))
