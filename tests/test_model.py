@@ -177,3 +177,14 @@ def test_bce_fast_path_matches_aten_on_a_model_step():
         F.binary_cross_entropy_with_logits(logits, x, reduction="sum"), model.decoder.net[-1].weight
     )[0]
     torch.testing.assert_close(ours, aten, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_decoder_starts_at_the_mean_image(arch):
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(channels=1, height=8, width=8, latent_dim=3, hidden_dim=16, arch=arch))
+    mean = torch.rand(1, 8, 8) * 0.8 + 0.1
+    model.init_output_bias(mean)
+    last = model.decoder.net[-1] if arch == "mlp" else model.decoder.deconv[-2]
+    expected = mean.flatten() if arch == "mlp" else mean.mean().reshape(1)
+    torch.testing.assert_close(torch.sigmoid(last.bias), expected)
