@@ -83,7 +83,7 @@ def run(
     typer.echo(result["gate"])
     if result.get("evaluation"):
         typer.echo(result["evaluation"])
-    typer.echo(f"registered {model['name']} version {model['version']} as {model['uri']}")
+    typer.echo(f"registered {model['name']} version {model['version']} as {model['uri']}: {model['decision']}")
     typer.echo(f"wrote {samples['rows']} samples to {samples['out_dir']} (manifest: {samples['manifest']})")
     typer.echo(f"MLflow run {result['run_id']}")
 

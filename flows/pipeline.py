@@ -45,8 +45,9 @@ def pipeline(config: dict[str, Any]) -> dict[str, Any]:
                 tracking.end_run(run_id, "FAILED")
                 return Failed(message=quality["message"])
         model = register(config, data, trained, report)
+        # Synthetic data always comes from the champion, which a weaker challenger leaves in place.
         samples = generate(
-            model["uri"], cfg.generate.num_samples, cfg.generate.out_dir, seed=cfg.generate.seed,
+            model["champion_uri"], cfg.generate.num_samples, cfg.generate.out_dir, seed=cfg.generate.seed,
             formats=cfg.generate.formats, shard_size=cfg.generate.shard_size, overwrite=True,
             tracking_uri=cfg.tracking.uri,
         )
