@@ -28,20 +28,28 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((mu_a - mu_b).square().sum() + s_a.trace() + s_b.trace() - 2 * cross)
 
 
-def knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Distance from each point to its k-th nearest other point of the same set."""
+def knn_distances(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(n, k) distances from each point to its 1st..k-th nearest other point of the same set."""
     k = min(k, len(x) - 1)
     out = []
     for start in range(0, len(x), BATCH):
         d = torch.cdist(x[start : start + BATCH], x)
-        # The point itself is at distance 0 and comes first: the k-th neighbour is column k.
-        out.append(d.topk(k + 1, dim=1, largest=False).values[:, k])
+        # The point itself is at distance 0 and comes first: neighbours start at column 1.
+        out.append(d.topk(k + 1, dim=1, largest=False).values[:, 1:])
     return torch.cat(out)
 
 
-def manifold_metrics(real: torch.Tensor, fake: torch.Tensor, k_pr: int = 3, k_dc: int = 5) -> dict[str, float]:
-    """Precision, recall, density and coverage of `fake` against `real`, in one pass over distances."""
-    real_pr, real_dc, fake_pr = knn_radii(real, k_pr), knn_radii(real, k_dc), knn_radii(fake, k_pr)
+def _radius(knn: torch.Tensor, k: int) -> torch.Tensor:
+    return knn[:, min(k, knn.shape[1]) - 1]
+
+
+def manifold_metrics(real: torch.Tensor, fake: torch.Tensor, k_pr: int = 3, k_dc: int = 5,
+                     real_knn: torch.Tensor | None = None) -> dict[str, float]:
+    """Precision, recall, density and coverage of `fake` against `real`, in one pass over distances;
+    `real_knn` (from knn_distances with max(k_pr, k_dc)) saves a pass when one real set serves twice."""
+    if real_knn is None:
+        real_knn = knn_distances(real, max(k_pr, k_dc))
+    real_pr, real_dc, fake_pr = _radius(real_knn, k_pr), _radius(real_knn, k_dc), _radius(knn_distances(fake, k_pr), k_pr)
     in_real_ball = torch.zeros(len(fake), dtype=torch.bool)
     balls_hit = torch.zeros(len(fake))
     covered_by_fake = torch.zeros(len(real), dtype=torch.bool)

@@ -103,8 +103,9 @@ def evaluate_samples(train: ImageData, held: ImageData, synthetic: ImageData, cf
     f_syn, p_syn = features.embed(classifier, syn.images)
     s: dict[str, float] = {"fcd": fidelity.frechet_distance(f_syn, f_train)}
     r: dict[str, float] = {"fcd": fidelity.frechet_distance(f_held, f_train)}
-    s.update(fidelity.manifold_metrics(f_train, f_syn, cfg.k_precision, cfg.k_density))
-    r.update(fidelity.manifold_metrics(f_train, f_held, cfg.k_precision, cfg.k_density))
+    knn = fidelity.knn_distances(f_train, max(cfg.k_precision, cfg.k_density))
+    s.update(fidelity.manifold_metrics(f_train, f_syn, cfg.k_precision, cfg.k_density, knn))
+    r.update(fidelity.manifold_metrics(f_train, f_held, cfg.k_precision, cfg.k_density, knn))
 
     if train.labels is not None and held.labels is not None:
         r["label_agreement"] = utility.label_agreement(p_held, held_ref.labels)
