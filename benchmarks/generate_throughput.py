@@ -150,8 +150,16 @@ def case_floor(args) -> float:
 def child(args) -> None:
     run = {"floor": case_floor}.get(args.case) or (case_project if args.case.startswith("project") else case_naive)
     seconds = run(args)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_kib / 1024, "bytes": bytes_written(Path(args.out))}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_kib() / 1024, "bytes": bytes_written(Path(args.out))}))
+
+
+def peak_rss_kib() -> int:
+    # VmHWM is this process's own high-water mark. getrusage's ru_maxrss is not: after a
+    # vfork + exec it starts from the parent's peak (Linux carries it over at exec).
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def run_case(case: str, n: int, model: str, store: str, scratch: Path, env: dict[str, str]) -> dict:
