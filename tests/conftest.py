@@ -23,6 +23,8 @@ MNIST_RAW = ROOT.parent / "shared" / "data" / "mnist" / "raw"
 TINY = [
     "model.latent_dim=4", "model.hidden_dim=32", "train.epochs=3", "train.batch_size=128",
     "train.progress=false", "generate.num_samples=40", "validate.min_elbo=-1000",
+    # The evaluate step trains its own classifier; tests/test_evaluate_flow.py runs it.
+    "evaluate.enabled=false",
 ]
 
 
