@@ -49,7 +49,8 @@ def pipeline(config: dict[str, Any]) -> dict[str, Any]:
         samples = generate(
             model["champion_uri"], cfg.generate.num_samples, cfg.generate.out_dir, seed=cfg.generate.seed,
             formats=cfg.generate.formats, shard_size=cfg.generate.shard_size, overwrite=True,
-            tracking_uri=cfg.tracking.uri,
+            tracking_uri=cfg.tracking.uri, dask_address=cfg.generate.dask_address,
+            dask_workers=cfg.generate.dask_workers,
         )
     except BaseException:
         tracking.end_run(run_id, "FAILED")

@@ -27,9 +27,9 @@ from vae_model.atomic import atomic_path
 if TYPE_CHECKING:
     from vae_model.generate import Request
 
-# zlib's fastest level: PNG stays lossless, files grow a little, and the bytes are as
-# deterministic as at any other level (fixed by the zlib build Pillow ships).
-PNG_COMPRESS_LEVEL = 1
+# Pillow's default level: level 1 measured no faster here and made files 75% larger. The bytes
+# are deterministic at any level (fixed by the zlib build Pillow ships).
+PNG_COMPRESS_LEVEL = 6
 
 
 def schema(row_bytes: int) -> pa.Schema:
