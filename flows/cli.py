@@ -15,12 +15,12 @@ import logging  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Annotated, Any  # noqa: E402
+from typing import Annotated, Any, NoReturn  # noqa: E402
 
 import typer  # noqa: E402
 
 from vae_model.atomic import check_writable_dir  # noqa: E402
-from vae_model.config import load_config  # noqa: E402
+from vae_model.config import PipelineConfig, load_config  # noqa: E402
 from vae_model.errors import UserError  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
@@ -43,7 +43,7 @@ def _quiet_user_errors() -> None:
     logging.setLogRecordFactory(factory)
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(f"error: {' '.join(message.split())}", err=True)
     raise typer.Exit(code)
 
@@ -62,6 +62,15 @@ def _finish(state: Any, debug: bool) -> Any:
     _fail(message)
 
 
+def _load(config: Path | None, overrides: list[str] | None) -> PipelineConfig:
+    """The config file (or configs/default.yaml) with --set applied; exit 2 naming a bad key."""
+    try:
+        path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+        return load_config(path, overrides or [])
+    except UserError as exc:
+        _fail(str(exc), 2)
+
+
 @app.command()
 def run(
     config: Annotated[Path | None, typer.Option("--config", help="YAML config (default: configs/default.yaml)")] = None,
@@ -69,11 +78,7 @@ def run(
     debug: Annotated[bool, typer.Option(help="Show tracebacks")] = False,
 ) -> None:
     """Run ingest -> train -> validate -> register -> generate as one Prefect flow."""
-    try:
-        path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-        cfg = load_config(path, overrides or [])
-    except UserError as exc:
-        _fail(str(exc), 2)
+    cfg = _load(config, overrides)
     if not debug:
         _quiet_user_errors()
     from flows.pipeline import pipeline
@@ -134,11 +139,7 @@ def evaluate(
     debug: Annotated[bool, typer.Option(help="Show tracebacks")] = False,
 ) -> None:
     """Score a sample set's fidelity, utility and memorisation against the real data (an MLflow run)."""
-    try:
-        path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-        cfg = load_config(path, overrides or [])
-    except UserError as exc:
-        _fail(str(exc), 2)
+    cfg = _load(config, overrides)
     if not debug:
         _quiet_user_errors()
     from flows.evaluate import evaluate_samples_flow
