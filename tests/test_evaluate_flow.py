@@ -11,7 +11,7 @@ from prefect.artifacts import Artifact
 from tests.conftest import TINY
 from vae_model.config import load_config
 
-FAST = [*TINY, "evaluate.classifier_steps=200"]
+FAST = [*TINY, "evaluate.enabled=true", "evaluate.classifier_steps=200"]
 
 
 def _run_pipeline(*extra: str):
