@@ -21,6 +21,7 @@ import typer  # noqa: E402
 
 from vae_model.atomic import check_writable_dir  # noqa: E402
 from vae_model.config import PipelineConfig, load_config  # noqa: E402
+from vae_model.generate import check_positive  # noqa: E402
 from vae_model.errors import UserError  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
@@ -110,9 +111,9 @@ def generate(
 ) -> None:
     """Generate samples from a registered model (streamed shards, manifest last)."""
     formats = [f.strip() for f in format.split(",") if f.strip()]
-    if num_samples < 1:
-        _fail(f"--num-samples: expected a positive number of samples, got {num_samples}", 2)
+    # Checked before the flow, so a bad request fails without a registry lookup.
     try:
+        check_positive("--num-samples", num_samples)
         check_writable_dir(out, "--out")
     except UserError as exc:
         _fail(str(exc), 2)

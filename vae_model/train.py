@@ -19,7 +19,7 @@ import torch
 from vae_model.checkpoint import load_checkpoint, save_checkpoint
 from vae_model.config import ModelConfig, TrainConfig
 from vae_model.data.dataset import ImageData
-from vae_model.errors import TrainingDiverged
+from vae_model.errors import TrainingDiverged, UserError
 from vae_model.evaluate import DeviceData, evaluate_elbo, held_out, to_device
 from vae_model.loss import elbo
 from vae_model.model import VAE, VAEConfig
@@ -29,8 +29,6 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        from vae_model.errors import UserError
-
         raise UserError("train.device: cuda was asked for but torch sees no CUDA device")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -39,8 +37,6 @@ def resolve_device(name: str) -> torch.device:
 
 def vae_config(model: ModelConfig, data: ImageData) -> VAEConfig:
     if model.conditional and data.labels is None:
-        from vae_model.errors import UserError
-
         raise UserError(f"{data.source}: model.conditional=true needs labels, and this dataset has none")
     c, h, w = data.shape
     return VAEConfig(
