@@ -214,3 +214,32 @@ def test_dask_cluster_gives_the_single_process_bytes(prefect_server, models, tmp
             ran_there = client.run(lambda: "vae_model.generate" in sys.modules)
     assert any(ran_there.values())
     assert _tree(tmp_path / "dask") == _tree(tmp_path / "local")
+
+
+def test_png_workers_stop_when_their_process_is_killed(tmp_path):
+    """A killed generation must not leave PNG writers running into a directory a rerun fills."""
+    script = (
+        "import sys, time, vae_model.generate as gen\n"
+        "pool = gen.png_pool(2)\n"
+        "print(' '.join(str(p) for p in pool._processes), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+    try:
+        workers = [int(pid) for pid in process.stdout.readline().split()]
+        assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+    finally:
+        process.kill()
+        process.wait(30)
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False

@@ -7,7 +7,8 @@ so a shard's bytes depend only on the model, the seed and i: shards can be made 
 in any process, on any number of cores (of one CPU architecture: BLAS kernels differ between
 instruction sets).
 A small pool of threads decodes blocks while the calling thread writes the finished ones, so
-memory holds a few blocks, never a shard or the request. Each finished shard leaves a record
+memory holds a few blocks, never a shard or the request. PNGs are encoded and written by as many
+forked processes: Pillow's per-image work is Python that holds the GIL. Each finished shard leaves a record
 under `.shards/`; a rerun of the same request skips recorded shards, and `manifest.json` is
 written last, when every shard is recorded.
 """
@@ -16,10 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
+import os
 import shutil
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,13 +194,62 @@ def decoder_pool(workers: int) -> Iterator[ThreadPoolExecutor]:
         torch.set_num_threads(caller)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A PNG worker whose generating process was killed stops at once, instead of writing on
+    into a directory that a rerun may already be filling."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+_PNG_POOLS: dict[int, ProcessPoolExecutor] = {}
+_PNG_POOLS_LOCK = threading.Lock()
+
+
+def png_pool(workers: int) -> Executor | None:
+    """This process's pool of PNG-writing processes, or None where it may have no children (a
+    daemonic Dask worker: there the cluster's processes are the parallelism).
+
+    One pool per process, reused by every shard. Forked, not spawned: a spawned worker would
+    re-import the caller's main module (the CLI, hence torch, Prefect and MLflow) and start
+    seconds later with its own gigabyte. The workers run only numpy, Pillow and file calls,
+    never torch, so the parent's threads do not matter to them.
+    """
+    if multiprocessing.current_process().daemon:
+        return None
+    with _PNG_POOLS_LOCK:
+        if workers not in _PNG_POOLS:
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                       initializer=_exit_with_parent, initargs=(os.getpid(),))
+            pool.submit(int).result()  # with fork, the first task starts every worker
+            _PNG_POOLS[workers] = pool
+        return _PNG_POOLS[workers]
+
+
+def _write_pngs_in(pool: Executor, *args: Any) -> list[dict[str, Any]]:
+    try:
+        return pool.submit(write_pngs, *args).result()
+    except BrokenProcessPool:
+        # A worker died (killed, out of memory): this shard fails, the next call starts afresh.
+        with _PNG_POOLS_LOCK:
+            for key in [k for k, v in _PNG_POOLS.items() if v is pool]:
+                del _PNG_POOLS[key]
+        raise
+
+
 def _block_files(decode: Decoder, spec: SamplerSpec, z: torch.Tensor, labels: np.ndarray | None,
-                 ids: np.ndarray, png_root: Path | None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+                 ids: np.ndarray, png_root: Path | None, pngs: Executor | None) -> tuple[np.ndarray, list[dict[str, Any]]]:
     images = decode_block(decode, spec, z)
     if png_root is None:
         return images, []
     folders = [UNLABELLED] * len(ids) if labels is None else [str(v) for v in labels.tolist()]
-    return images, write_pngs(png_root, images, folders, ids)
+    if pngs is None:
+        return images, write_pngs(png_root, images, folders, ids)
+    return images, _write_pngs_in(pngs, png_root, images, folders, ids)
 
 
 def _record_path(out: Path, shard: int) -> Path:
@@ -221,6 +276,7 @@ def make_shard(decode: Decoder, spec: SamplerSpec, request: Request, shard: int,
     pngs: list[dict[str, Any]] = []
     preview = None
     with contextlib.ExitStack() as stack:
+        png_workers = png_pool(workers) if "png" in request.formats else None
         pool = stack.enter_context(decoder_pool(workers))
         write_rows = None
         if "parquet" in request.formats:
@@ -240,7 +296,7 @@ def make_shard(decode: Decoder, spec: SamplerSpec, request: Request, shard: int,
 
         # At most workers + 1 blocks in flight: enough to keep every core busy, and a bound on memory.
         for ids, z, labels in shard_blocks(spec, request, shard):
-            pending.append((ids, labels, pool.submit(_block_files, decode, spec, z, labels, ids, png_root)))
+            pending.append((ids, labels, pool.submit(_block_files, decode, spec, z, labels, ids, png_root, png_workers)))
             if len(pending) > workers:
                 finish_oldest()
         while pending:

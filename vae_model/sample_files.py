@@ -93,15 +93,20 @@ def write_pngs(out: Path, images: np.ndarray, folders: list[str], ids: np.ndarra
     """Write out/images/<folder>/<sample_id>.png, each atomically; return manifest entries."""
     for folder in set(folders):
         (out / "images" / folder).mkdir(parents=True, exist_ok=True)
+    root = str(out)
     entries = []
+    # Plain strings and os-level calls: per image, pathlib and buffered files cost as much as
+    # the PNG encoding itself.
     for image, folder, sample_id in zip(images, folders, ids.tolist(), strict=True):
         data = encode_png(image)
         relative = f"images/{folder}/{sample_id:09d}.png"
-        path = out / relative
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        tmp = f"{root}/images/{folder}/.{sample_id:09d}.png.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, f"{root}/{relative}")
         entries.append({"path": relative, "rows": 1, "sha256": hashlib.sha256(data).hexdigest()})
     return entries
 
