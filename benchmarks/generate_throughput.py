@@ -164,6 +164,9 @@ def peak_rss_kib() -> int:
 
 def run_case(case: str, n: int, model: str, store: str, scratch: Path, env: dict[str, str]) -> dict:
     out = scratch / case
+    # The previous case's gigabyte is still being written back: flush it, so that no case pays
+    # for the one before it.
+    os.sync()
     command = [sys.executable, __file__, "--case", case, "-n", str(n), "--model", model, "--store", store, "--out", str(out)]
     started = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)

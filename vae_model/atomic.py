@@ -33,8 +33,10 @@ def write_bytes(target: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def write_json(target: str | Path, obj: Any) -> None:
-    write_bytes(target, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+def write_json(target: str | Path, obj: Any, indent: int | None = 2) -> None:
+    """`indent=None` for lists of thousands of entries: json's C encoder does not indent, and
+    the Python one costs ~35 us per file entry."""
+    write_bytes(target, (json.dumps(obj, indent=indent, sort_keys=True) + "\n").encode())
 
 
 def sha256_file(path: str | Path) -> str:

@@ -308,7 +308,7 @@ def make_shard(decode: Decoder, spec: SamplerSpec, request: Request, shard: int,
     if preview is not None:
         files.append({"path": preview.name, "rows": min(n, 64), "sha256": sha256_file(preview)})
     record = {"shard": shard, "rows": n, "files": files}
-    write_json(_record_path(out, shard), record)
+    write_json(_record_path(out, shard), record, indent=None)
     return record
 
 
@@ -354,5 +354,5 @@ def write_manifest(out: Path, request: Request) -> Path:
         "decode_block": DECODE_BLOCK,
         "files": files,
     }
-    write_json(out / "manifest.json", manifest)
+    write_json(out / "manifest.json", manifest, indent=None)
     return out / "manifest.json"
