@@ -150,7 +150,7 @@ def case_floor(args) -> float:
 def child(args) -> None:
     run = {"floor": case_floor}.get(args.case) or (case_project if args.case.startswith("project") else case_naive)
     seconds = run(args)
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_kib() / 1024, "bytes": bytes_written(Path(args.out))}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_rss_kib() / 1024, "bytes": bytes_written(Path(args.out))}))
 
 
 def peak_rss_kib() -> int:
@@ -206,17 +206,17 @@ def main() -> None:
                  ("naive-png", scale(100_000)), ("project-png", scale(100_000))]
         if not args.skip_big:
             cases.append(("project-parquet", scale(10_000_000)))
-        print(f"{'case':<16} {'samples':>10} {'samples/s gen':>14} {'samples/s proc':>15} {'peak RSS MB':>12} {'MB written':>11}")
+        print(f"{'case':<16} {'samples':>10} {'samples/s gen':>14} {'samples/s proc':>15} {'peak RSS MiB':>12} {'MB written':>11}")
         rows = []
         for case, n in cases:
             row = run_case(case, n, model, store, scratch, env)
             rows.append(row)
             print(f"{case:<16} {n:>10,} {n / max(row['seconds'], 1e-9):>14,.0f} {n / row['process_seconds']:>15,.0f} "
-                  f"{row['peak_rss_mb']:>12,.0f} {row['bytes'] / 1e6:>11,.1f}", flush=True)
+                  f"{row['peak_rss_mib']:>12,.0f} {row['bytes'] / 1e6:>11,.1f}", flush=True)
         big = [r for r in rows if r["case"] == "project-parquet"]
         if len(big) == 2:
             print(f"peak RSS, {big[1]['n']:,} vs {big[0]['n']:,} Parquet samples: "
-                  f"{big[1]['peak_rss_mb'] / big[0]['peak_rss_mb'] - 1:+.1%}")
+                  f"{big[1]['peak_rss_mib'] / big[0]['peak_rss_mib'] - 1:+.1%}")
         print(f"cores: {os.cpu_count()}; load average at the end: {os.getloadavg()[0]:.2f}")
     finally:
         if server is not None:
