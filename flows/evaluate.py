@@ -21,7 +21,7 @@ from vae_model.checkpoint import load_model
 from vae_model.config import PipelineConfig
 from vae_model.data import read_snapshot
 from vae_model.errors import UserError
-from vae_model.generate import Request, SamplerSpec, make_shard, num_shards, parse_labels, prepare_output, write_manifest
+from vae_model.generate import Request, SamplerSpec, make_shards, parse_labels, prepare_output, write_manifest
 from vae_model.metrics import evaluate_samples, read_samples
 from vae_model.metrics.gate import sample_gate
 from vae_model.metrics.samples import samples_model_uri
@@ -42,8 +42,7 @@ def draw_samples(config: dict[str, Any], trained: dict[str, Any], run_id: str) -
     )
     out = prepare_output(Path(cfg.evaluate.out_dir) / run_id, request, overwrite=True)
     decode, spec = Sampler(model.decoder).eval(), SamplerSpec(m.latent_dim, m.channels, m.height, m.width, m.num_classes)
-    for shard in range(num_shards(request)):
-        make_shard(decode, spec, request, shard, out)
+    make_shards(decode, spec, request, out)
     write_manifest(out, request)
     return str(out)
 

@@ -1,12 +1,13 @@
 """Step 5, and the on-demand flow: sample a registered model into Parquet and PNG shards.
 
-Shards are mapped Prefect tasks. By default they run one after another in this process (each
-shard already uses every core); with `dask_address` they run on that Dask cluster, and with
-`dask_workers` on a local cluster of that many single-threaded worker processes.
+Shards are mapped Prefect tasks, each made by one thread on one core. By default they run in
+this process, one per core at a time; with `dask_address` they run on that Dask cluster, and
+with `dask_workers` on a local cluster of that many single-threaded worker processes.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,12 @@ def shard_runner(dask_address: str | None, dask_workers: int) -> TaskRunner:
     if dask_workers < 0:
         raise UserError(f"generate.dask_workers: expected 0 (no Dask) or more, got {dask_workers}")
     if not dask_address and not dask_workers:
-        return ThreadPoolTaskRunner(max_workers=1)
+        return ThreadPoolTaskRunner(max_workers=len(os.sched_getaffinity(0)))
     from prefect_dask import DaskTaskRunner
 
     if dask_address:
         return DaskTaskRunner(address=dask_address)
-    # One thread per worker process: a shard's decoder pool then uses that worker's one core.
+    # One thread per worker process: a shard uses one core.
     return DaskTaskRunner(cluster_kwargs={
         "n_workers": dask_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None,
     })

@@ -10,8 +10,10 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from vae_model import sampler_weights
 from vae_model.errors import UserError
 from vae_model.generate import SamplerSpec
+from vae_model.sampler_weights import SAMPLER_FILE
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 
@@ -36,11 +38,17 @@ def resolve(model_uri: str) -> dict[str, Any]:
 
 
 def load_sampler(name: str, version: str):
-    """The exported decoder (a torch.export program, never unpickled code)."""
+    """The version's decoder, built from its weights file (never unpickled code)."""
     return _load(mlflow.get_registry_uri(), name, version)
 
 
 @functools.lru_cache(maxsize=4)
 def _load(registry_uri: str, name: str, version: str):
     # Keyed by the registry too: one process may talk to several (the tests do).
-    return mlflow.pytorch.load_model(f"models:/{name}/{version}")
+    uri = f"models:/{name}/{version}"
+    try:
+        path = mlflow.artifacts.download_artifacts(f"{uri}/extra_files/{SAMPLER_FILE}")
+    except (MlflowException, OSError):
+        # Versions logged before the weights file: their torch.export program.
+        return mlflow.pytorch.load_model(uri)
+    return sampler_weights.load_sampler(path)

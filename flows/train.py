@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -20,6 +22,7 @@ from vae_model.data import read_snapshot
 from vae_model.evaluate import held_out
 from vae_model.images import reconstruction_grid, sample_grid
 from vae_model.model import VAE, Sampler
+from vae_model.sampler_weights import SAMPLER_FILE, save_sampler
 from vae_model.train import train as fit
 from vae_model.train import vae_config
 
@@ -49,7 +52,8 @@ def train(config: dict[str, Any], data: dict[str, Any], run_id: str) -> dict[str
 
 
 def log_sampler(model: VAE) -> str:
-    """Log the decoder as a torch.export (pt2) model: no pickle, loads with plain MLflow."""
+    """Log the decoder as a torch.export (pt2) model: no pickle, loads with plain MLflow. The
+    decoder's weights ride along as `extra_files/sampler.pt`, which generation loads instead."""
     cfg = model.cfg
     width = cfg.latent_dim + cfg.num_classes
     example = np.random.default_rng(0).standard_normal((2, width)).astype(np.float32)
@@ -60,10 +64,12 @@ def log_sampler(model: VAE) -> str:
     # MLflow checks the input example through its JSON serving path, which the pytorch flavor
     # does not accept (lists), and logs a long warning; the pt2 export itself checks the example.
     logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)
-    info = mlflow.pytorch.log_model(
-        Sampler(model.decoder).eval(), name="model", input_example=example, signature=signature,
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        metadata={**cfg.to_dict(), "input": "z (latent_dim) followed by one-hot labels (num_classes)",
-                  "output": "pixel means in [0, 1], flattened C*H*W"},
-    )
+    with tempfile.TemporaryDirectory() as folder:
+        info = mlflow.pytorch.log_model(
+            Sampler(model.decoder).eval(), name="model", input_example=example, signature=signature,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            extra_files=[str(save_sampler(model, Path(folder) / SAMPLER_FILE))],
+            metadata={**cfg.to_dict(), "input": "z (latent_dim) followed by one-hot labels (num_classes)",
+                      "output": "pixel means in [0, 1], flattened C*H*W"},
+        )
     return info.model_id

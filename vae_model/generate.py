@@ -6,11 +6,10 @@ Shard i draws its latent codes (and labels), block after block, from a generator
 so a shard's bytes depend only on the model, the seed and i: shards can be made in any order,
 in any process, on any number of cores (of one CPU architecture: BLAS kernels differ between
 instruction sets).
-A small pool of threads decodes blocks while the calling thread writes the finished ones, so
-memory holds a few blocks, never a shard or the request. PNGs are encoded and written by as many
-forked processes: Pillow's per-image work is Python that holds the GIL. Each finished shard leaves a record
-under `.shards/`; a rerun of the same request skips recorded shards, and `manifest.json` is
-written last, when every shard is recorded.
+A shard is made by one thread, block after block, so memory holds a few blocks, never a shard
+or the request; cores are used by making shards side by side. Each finished shard leaves a
+record under `.shards/`; a rerun of the same request skips recorded shards, and
+`manifest.json` is written last, when every shard is recorded.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +45,9 @@ UNLABELLED = "unlabelled"
 DECODE_BATCH = 512
 # Rows per task given to a decoding thread, and per Parquet row group.
 DECODE_BLOCK = 4096
+# PNG blocks of one shard queued or being written while it decodes the next: enough to keep
+# every writer thread busy when one shard is left, few enough to bound memory.
+PNG_BLOCKS_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -164,34 +166,29 @@ def _draw_labels(request: Request, ids: np.ndarray, generator: torch.Generator) 
 
 
 def decode_block(decode: Decoder, spec: SamplerSpec, z: torch.Tensor) -> np.ndarray:
-    """uint8 images (n, C, H, W) of one block. Call it on a thread set to one torch thread."""
+    """uint8 images (n, C, H, W) of one block. Call it under `one_torch_thread`."""
     images = np.empty((len(z), spec.channels, spec.height, spec.width), np.uint8)
     flat = torch.from_numpy(images).view(len(z), -1)
     with torch.inference_mode():
         for start in range(0, len(z), DECODE_BATCH):
             pixels = decode(z[start : start + DECODE_BATCH].clone()).float()
-            # Rounded and clamped first, so that the cast to uint8 is exact.
-            flat[start : start + DECODE_BATCH].copy_(pixels.mul_(255).round_().clamp_(0, 255))
+            # Pixel means are in [0, 1], so 255·p rounds to 0..255 and the cast to uint8 is exact.
+            flat[start : start + DECODE_BATCH].copy_(pixels.mul_(255).round_())
     return images
 
 
-def _one_core() -> None:
-    torch.set_num_threads(1)
-    # Threads inherit the creator's denormal mode (training turns flushing on): fix it here.
-    torch.set_flush_denormal(True)
-
-
 @contextlib.contextmanager
-def decoder_pool(workers: int) -> Iterator[ThreadPoolExecutor]:
-    """Threads that each run torch on one core: the same bytes whatever the core count."""
-    caller = torch.get_num_threads()
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="decode", initializer=_one_core)
+def one_torch_thread() -> Iterator[None]:
+    """torch on the calling thread alone, so that the bytes do not depend on the core count.
+    The setting is the thread's own: shards made side by side, each on its thread, use one core each."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    # Threads inherit their creator's denormal mode (training turns flushing on): fix it here.
+    torch.set_flush_denormal(True)
     try:
-        yield pool
+        yield
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        # set_num_threads(1) on the pool also lowered the count that new threads start with.
-        torch.set_num_threads(caller)
+        torch.set_num_threads(previous)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -230,26 +227,20 @@ def png_pool(workers: int) -> Executor | None:
         return _PNG_POOLS[workers]
 
 
-def _write_pngs_in(pool: Executor, *args: Any) -> list[dict[str, Any]]:
+def _written(pool: Executor, future: Future) -> list[dict[str, Any]]:
     try:
-        return pool.submit(write_pngs, *args).result()
+        return future.result()
     except BrokenProcessPool:
-        # A worker died (killed, out of memory): this shard fails, the next call starts afresh.
+        # A worker died (killed, out of memory): this shard fails, the next one starts a new pool.
         with _PNG_POOLS_LOCK:
             for key in [k for k, v in _PNG_POOLS.items() if v is pool]:
                 del _PNG_POOLS[key]
         raise
 
 
-def _block_files(decode: Decoder, spec: SamplerSpec, z: torch.Tensor, labels: np.ndarray | None,
-                 ids: np.ndarray, png_root: Path | None, pngs: Executor | None) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    images = decode_block(decode, spec, z)
-    if png_root is None:
-        return images, []
-    folders = [UNLABELLED] * len(ids) if labels is None else [str(v) for v in labels.tolist()]
-    if pngs is None:
-        return images, write_pngs(png_root, images, folders, ids)
-    return images, _write_pngs_in(pngs, png_root, images, folders, ids)
+def _cores() -> int:
+    # The CPUs this process may run on (taskset, cpusets), not the machine's.
+    return len(os.sched_getaffinity(0))
 
 
 def _record_path(out: Path, shard: int) -> Path:
@@ -265,42 +256,42 @@ def _finished(out: Path, shard: int) -> dict[str, Any] | None:
     return record if all((out / f["path"]).exists() for f in record["files"]) else None
 
 
-def make_shard(decode: Decoder, spec: SamplerSpec, request: Request, shard: int, out: Path,
-               workers: int | None = None) -> dict[str, Any]:
-    """Write one shard's files unless its record exists; return the record."""
+def make_shard(decode: Decoder, spec: SamplerSpec, request: Request, shard: int, out: Path) -> dict[str, Any]:
+    """Write one shard's files unless its record exists; return the record.
+
+    The calling thread decodes on one core and writes the Parquet row groups; PNG blocks go to
+    `png_pool`, at most `PNG_BLOCKS_IN_FLIGHT` at a time. Memory holds a few blocks, never the
+    shard. More cores: make several shards at once (`make_shards`, or a task runner).
+    """
     if (record := _finished(out, shard)) is not None:
         return record
     start, n = shard_rows(request, shard)
-    workers = workers or max(1, torch.get_num_threads())
     parquet_path = out / f"part-{shard:05d}.parquet"
     pngs: list[dict[str, Any]] = []
+    pending: deque[Future] = deque()
     preview = None
-    with contextlib.ExitStack() as stack:
-        png_workers = png_pool(workers) if "png" in request.formats else None
-        pool = stack.enter_context(decoder_pool(workers))
+    pngs_pool = png_pool(_cores()) if "png" in request.formats else None
+    with one_torch_thread(), contextlib.ExitStack() as stack:
+        stack.callback(_abandon, pending)
         write_rows = None
         if "parquet" in request.formats:
             write_rows = stack.enter_context(parquet_shard(parquet_path, spec.channels * spec.height * spec.width, request, start))
-        png_root = out if "png" in request.formats else None
-        pending: deque = deque()
-
-        def finish_oldest() -> None:
-            nonlocal preview
-            ids, labels, future = pending.popleft()
-            images, entries = future.result()
+        for ids, z, labels in shard_blocks(spec, request, shard):
+            images = decode_block(decode, spec, z)
             if write_rows is not None:
                 write_rows(images, labels, ids)
-            pngs.extend(entries)
+            if "png" in request.formats:
+                folders = [UNLABELLED] * len(ids) if labels is None else [str(v) for v in labels.tolist()]
+                if pngs_pool is None:
+                    pngs.extend(write_pngs(out, images, folders, ids))
+                else:
+                    pending.append(pngs_pool.submit(write_pngs, out, images, folders, ids))
+                if len(pending) > PNG_BLOCKS_IN_FLIGHT:
+                    pngs.extend(_written(pngs_pool, pending.popleft()))
             if shard == 0 and ids[0] == 0:
                 preview = save_grid(out / "preview.png", images[:64])
-
-        # At most workers + 1 blocks in flight: enough to keep every core busy, and a bound on memory.
-        for ids, z, labels in shard_blocks(spec, request, shard):
-            pending.append((ids, labels, pool.submit(_block_files, decode, spec, z, labels, ids, png_root, png_workers)))
-            if len(pending) > workers:
-                finish_oldest()
         while pending:
-            finish_oldest()
+            pngs.extend(_written(pngs_pool, pending.popleft()))
     files: list[dict[str, Any]] = []
     if write_rows is not None:
         files.append({"path": parquet_path.name, "rows": n, "sha256": sha256_file(parquet_path)})
@@ -310,6 +301,21 @@ def make_shard(decode: Decoder, spec: SamplerSpec, request: Request, shard: int,
     record = {"shard": shard, "rows": n, "files": files}
     write_json(_record_path(out, shard), record, indent=None)
     return record
+
+
+def _abandon(pending: deque[Future]) -> None:
+    """After a failure: drop the PNG blocks not started and wait for those being written."""
+    for future in pending:
+        future.cancel()
+    wait(pending)
+
+
+def make_shards(decode: Decoder, spec: SamplerSpec, request: Request, out: Path, workers: int | None = None) -> None:
+    """Every shard of the request, `workers` at a time (default: one per core)."""
+    workers = workers or _cores()
+    with ThreadPoolExecutor(workers, thread_name_prefix="shard") as pool:
+        for future in [pool.submit(make_shard, decode, spec, request, i, out) for i in range(num_shards(request))]:
+            future.result()
 
 
 def prepare_output(out_dir: str | Path, request: Request, overwrite: bool) -> Path:

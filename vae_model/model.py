@@ -118,15 +118,18 @@ class ConvDecoder(nn.Module):
         return self.deconv(self.fc(z).view(-1, *self.grid))
 
 
+def build_decoder(cfg: VAEConfig) -> nn.Module:
+    return (MLPDecoder if cfg.arch == "mlp" else ConvDecoder)(cfg)
+
+
 class VAE(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         if cfg.arch == "conv" and (cfg.height % 4 or cfg.width % 4):
             raise ValueError(f"model.arch=conv needs height and width divisible by 4, got {cfg.height}x{cfg.width}")
         self.cfg = cfg
-        encoder, decoder = (MLPEncoder, MLPDecoder) if cfg.arch == "mlp" else (ConvEncoder, ConvDecoder)
-        self.encoder = encoder(cfg)
-        self.decoder = decoder(cfg)
+        self.encoder = (MLPEncoder if cfg.arch == "mlp" else ConvEncoder)(cfg)
+        self.decoder = build_decoder(cfg)
         # Gaussian likelihood: one log standard deviation shared by all pixels.
         self.log_scale = nn.Parameter(torch.tensor(math.log(0.1)), requires_grad=cfg.learn_scale)
 
