@@ -7,12 +7,13 @@ in its own child process, so that its peak RSS is its own; the cases run one aft
 see the same machine load. Cases:
 
 - project parquet (1M) and project png (100k): the real `generate` flow (Prefect tasks, the
-  registered torch.export sampler, shard records, sha256, manifest);
-- naive parquet (1M): decode all N at once, one pyarrow table, one `pq.write_table`;
+  registered version's sampler weights, shard records, sha256, manifest);
+- naive parquet (1M): load the torch.export program with `mlflow.pytorch.load_model`, decode
+  all N at once, one pyarrow table, one `pq.write_table`;
 - naive png (100k): decode all N at once, then one Pillow `save` per image;
 - project parquet (10M): memory must stay flat;
-- floor: the same child process that only imports the stack and loads the sampler, the RSS
-  every case starts from (torch's CUDA build alone is ~500 MB).
+- floor: the same child process that only imports the stack, resolves the model and loads
+  its sampler: the RSS every project case starts from (torch's CUDA build alone is ~500 MB).
 
 Printed per case: samples/s over the generation call and over the whole child process (imports,
 Prefect and MLflow start-up included), peak RSS of the child, and bytes written.
@@ -136,7 +137,7 @@ def case_naive(args) -> float:
 
 
 def case_floor(args) -> float:
-    """What any process pays before generating: torch, MLflow, Prefect and the pt2 sampler loaded."""
+    """What any process pays before generating: torch, MLflow, Prefect and the sampler loaded."""
     import flows.generate  # noqa: F401
     from flows import registry, tracking
 

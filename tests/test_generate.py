@@ -117,6 +117,25 @@ def test_generation_loads_the_versions_weights_which_match_its_exported_program(
         assert torch.allclose(sampler(z), exported(z), atol=1e-6)
 
 
+def test_a_version_without_the_weights_file_loads_its_exported_program(models):
+    """Versions logged before `extra_files/sampler.pt` existed still generate."""
+    from flows import registry, tracking
+    from vae_model.model import VAE, Sampler, VAEConfig
+
+    tracking.use({"uri": models["store"]})
+    torch.manual_seed(0)
+    sampler = Sampler(VAE(VAEConfig(latent_dim=4, hidden_dim=8)).decoder).eval()
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(sampler, name="model", input_example=np.zeros((2, 4), np.float32),
+                                        pip_requirements=["torch"])
+    version = mlflow.register_model(f"models:/{info.model_id}", "exported-only").version
+    loaded = registry.load_sampler("exported-only", str(version))
+    assert "torch.fx" in type(loaded).__module__
+    z = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert torch.allclose(loaded(z), sampler(z), atol=1e-6)
+
+
 def test_shard_bytes_do_not_depend_on_threads_or_neighbours(models, tmp_path, monkeypatch):
     """A shard made alone on a one-thread torch equals the same shard made beside others on a
     three-thread torch; the caller's thread count is left as it was."""
