@@ -7,7 +7,6 @@ with `dask_workers` on a local cluster of that many single-threaded worker proce
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from flows import registry, tracking
 from flows.retry import network
 from vae_model.errors import UserError
 from vae_model.generate import (
-    Request, SamplerSpec, check_positive, make_shard, num_shards, parse_labels, prepare_output, write_manifest,
+    Request, SamplerSpec, check_positive, cores, make_shard, num_shards, parse_labels, prepare_output, write_manifest,
 )
 
 
@@ -41,7 +40,7 @@ def shard_runner(dask_address: str | None, dask_workers: int) -> TaskRunner:
     if dask_workers < 0:
         raise UserError(f"generate.dask_workers: expected 0 (no Dask) or more, got {dask_workers}")
     if not dask_address and not dask_workers:
-        return ThreadPoolTaskRunner(max_workers=len(os.sched_getaffinity(0)))
+        return ThreadPoolTaskRunner(max_workers=cores())
     from prefect_dask import DaskTaskRunner
 
     if dask_address:

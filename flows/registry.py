@@ -13,7 +13,6 @@ from mlflow.exceptions import MlflowException
 from vae_model import sampler_weights
 from vae_model.errors import UserError
 from vae_model.generate import SamplerSpec
-from vae_model.sampler_weights import SAMPLER_FILE
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 
@@ -47,7 +46,7 @@ def _load(registry_uri: str, name: str, version: str):
     # Keyed by the registry too: one process may talk to several (the tests do).
     uri = f"models:/{name}/{version}"
     try:
-        path = mlflow.artifacts.download_artifacts(f"{uri}/extra_files/{SAMPLER_FILE}")
+        path = mlflow.artifacts.download_artifacts(f"{uri}/extra_files/{sampler_weights.SAMPLER_FILE}")
     except (MlflowException, OSError):
         # Versions logged before the weights file: their torch.export program.
         return mlflow.pytorch.load_model(uri)

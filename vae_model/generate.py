@@ -43,10 +43,10 @@ UNLABELLED = "unlabelled"
 # so another size may change the last bit of some pixels. Small enough that a call's float
 # activations (a few MB for 784 pixels) stay in cache-sized, reused allocations.
 DECODE_BATCH = 512
-# Rows per task given to a decoding thread, and per Parquet row group.
+# Rows decoded at a time by a shard, and per Parquet row group.
 DECODE_BLOCK = 4096
 # PNG blocks of one shard queued or being written while it decodes the next: enough to keep
-# every writer thread busy when one shard is left, few enough to bound memory.
+# every writer process busy when one shard is left, few enough to bound memory.
 PNG_BLOCKS_IN_FLIGHT = 2
 
 
@@ -238,8 +238,8 @@ def _written(pool: Executor, future: Future) -> list[dict[str, Any]]:
         raise
 
 
-def _cores() -> int:
-    # The CPUs this process may run on (taskset, cpusets), not the machine's.
+def cores() -> int:
+    """The CPUs this process may run on (taskset, cpusets), not the machine's."""
     return len(os.sched_getaffinity(0))
 
 
@@ -270,7 +270,7 @@ def make_shard(decode: Decoder, spec: SamplerSpec, request: Request, shard: int,
     pngs: list[dict[str, Any]] = []
     pending: deque[Future] = deque()
     preview = None
-    pngs_pool = png_pool(_cores()) if "png" in request.formats else None
+    pngs_pool = png_pool(cores()) if "png" in request.formats else None
     with one_torch_thread(), contextlib.ExitStack() as stack:
         stack.callback(_abandon, pending)
         write_rows = None
@@ -312,7 +312,7 @@ def _abandon(pending: deque[Future]) -> None:
 
 def make_shards(decode: Decoder, spec: SamplerSpec, request: Request, out: Path, workers: int | None = None) -> None:
     """Every shard of the request, `workers` at a time (default: one per core)."""
-    workers = workers or _cores()
+    workers = workers or cores()
     with ThreadPoolExecutor(workers, thread_name_prefix="shard") as pool:
         for future in [pool.submit(make_shard, decode, spec, request, i, out) for i in range(num_shards(request))]:
             future.result()
