@@ -1,8 +1,8 @@
 """The sampler as plain weights: the decoder's tensors and config in one `torch.save` file.
 
 Generation builds the decoder from `vae_model` and loads these tensors (never unpickled code).
-That skips torch.export's loader, which costs a generating process about 5 s of imports and
-170 MB, and runs the same modules that training used.
+That skips torch.export's loader, which costs a generating process seconds of imports and
+about 170 MB, and runs the same modules that training used.
 """
 
 from __future__ import annotations
