@@ -16,7 +16,8 @@ see the same machine load. Cases:
   its sampler: the RSS every project case starts from (torch's CUDA build alone is ~500 MB).
 
 Printed per case: samples/s over the generation call and over the whole child process (imports,
-Prefect and MLflow start-up included), peak RSS of the child, and bytes written.
+Prefect and MLflow start-up included), peak RSS of the child, and bytes written; then the floor's
+seconds, which every whole-process rate pays.
 
     python benchmarks/generate_throughput.py                # the sizes (~5 min on 2 cores)
     python benchmarks/generate_throughput.py --scale 0.01   # a quick check
@@ -214,6 +215,10 @@ def main() -> None:
             rows.append(row)
             print(f"{case:<16} {n:>10,} {n / max(row['seconds'], 1e-9):>14,.0f} {n / row['process_seconds']:>15,.0f} "
                   f"{row['peak_rss_mib']:>12,.0f} {row['bytes'] / 1e6:>11,.1f}", flush=True)
+        floor = rows[0]["process_seconds"]
+        print(f"floor: {floor:.1f} s per generating process before its first sample (Python start, imports, "
+              f"model resolution and load); {scale(1_000_000):,} samples at 100,000/s whole-process leave "
+              f"{scale(1_000_000) / 100_000 - floor:.1f} s for the samples")
         big = [r for r in rows if r["case"] == "project-parquet"]
         if len(big) == 2:
             print(f"peak RSS, {big[1]['n']:,} vs {big[0]['n']:,} Parquet samples: "

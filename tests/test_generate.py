@@ -221,7 +221,8 @@ def test_killed_generation_resumes_to_identical_files(prefect_server, models, tm
                                cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
-        while not (out / ".shards" / "part-00003.json").exists():
+        # Shards finish side by side, in any order: wait for any four.
+        while len(list((out / ".shards").glob("part-*.json"))) < 4:
             assert process.poll() is None and time.monotonic() < deadline, "generation ended before it was killed"
             time.sleep(0.02)
         process.send_signal(signal.SIGKILL)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from vae_model.atomic import atomic_path
+from vae_model.atomic import AtomicFolder, atomic_path
 
 if TYPE_CHECKING:
     from vae_model.generate import Request
@@ -91,23 +90,20 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def write_pngs(out: Path, images: np.ndarray, folders: list[str], ids: np.ndarray) -> list[dict[str, Any]]:
     """Write out/images/<folder>/<sample_id>.png, each atomically; return manifest entries."""
-    for folder in set(folders):
+    writers = {}
+    for folder in sorted(set(folders)):
         (out / "images" / folder).mkdir(parents=True, exist_ok=True)
-    root = str(out)
+        writers[folder] = AtomicFolder(out / "images" / folder)
     entries = []
-    # Plain strings and os-level calls: per image, pathlib and buffered files cost as much as
-    # the PNG encoding itself.
-    for image, folder, sample_id in zip(images, folders, ids.tolist(), strict=True):
-        data = encode_png(image)
-        relative = f"images/{folder}/{sample_id:09d}.png"
-        tmp = f"{root}/images/{folder}/.{sample_id:09d}.png.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, f"{root}/{relative}")
-        entries.append({"path": relative, "rows": 1, "sha256": hashlib.sha256(data).hexdigest()})
+    try:
+        for image, folder, sample_id in zip(images, folders, ids.tolist(), strict=True):
+            data = encode_png(image)
+            name = f"{sample_id:09d}.png"
+            writers[folder].write(name, data)
+            entries.append({"path": f"images/{folder}/{name}", "rows": 1, "sha256": hashlib.sha256(data).hexdigest()})
+    finally:
+        for writer in writers.values():
+            writer.close()
     return entries
 
 
