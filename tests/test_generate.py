@@ -112,6 +112,9 @@ def test_generation_loads_the_versions_weights_which_match_its_exported_program(
     exported = mlflow.pytorch.load_model(f"models:/{model['name']}/{model['version']}")
     assert "torch.fx" not in type(sampler).__module__
     spec = model["spec"]
+    # The spec read from the weights file is the one the MLmodel metadata documents.
+    meta = mlflow.models.get_model_info(f"models:/{model['name']}/{model['version']}").metadata
+    assert spec == {key: meta[key] for key in spec} and spec["num_classes"] > 0
     z = torch.randn(64, spec["latent_dim"] + spec["num_classes"], generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert torch.allclose(sampler(z), exported(z), atol=1e-6)
@@ -125,10 +128,12 @@ def test_a_version_without_the_weights_file_loads_its_exported_program(models):
     tracking.use({"uri": models["store"]})
     torch.manual_seed(0)
     sampler = Sampler(VAE(VAEConfig(latent_dim=4, hidden_dim=8)).decoder).eval()
+    spec = {"latent_dim": 4, "channels": 1, "height": 28, "width": 28, "num_classes": 0}
     with mlflow.start_run():
         info = mlflow.pytorch.log_model(sampler, name="model", input_example=np.zeros((2, 4), np.float32),
-                                        pip_requirements=["torch"])
+                                        pip_requirements=["torch"], metadata=spec)
     version = mlflow.register_model(f"models:/{info.model_id}", "exported-only").version
+    assert registry.resolve(f"models:/exported-only/{version}")["spec"] == spec
     loaded = registry.load_sampler("exported-only", str(version))
     assert "torch.fx" in type(loaded).__module__
     z = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))

@@ -24,6 +24,11 @@ def save_sampler(model: VAE, path: str | Path) -> Path:
     return Path(path)
 
 
+def load_config(path: str | Path) -> VAEConfig:
+    """The model's configuration, which says what the sampler takes and gives."""
+    return VAEConfig(**torch.load(path, map_location="cpu", weights_only=True)["model_config"])
+
+
 def load_sampler(path: str | Path) -> Sampler:
     state = torch.load(path, map_location="cpu", weights_only=True)
     decoder = build_decoder(VAEConfig(**state["model_config"]))
