@@ -49,10 +49,15 @@ class AtomicFolder:
         tmp = f".{name}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=self.fd)
         try:
-            _write_all(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+            os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=self.fd)
+            raise
 
     def _link_unnamed(self, name: str, data: bytes) -> bool:
         """False where the file could not be made this way (the caller writes it by name)."""
@@ -69,8 +74,10 @@ class AtomicFolder:
             return True
         except FileExistsError:
             return False  # left whole by a killed run: replaced by name, atomically
-        except FileNotFoundError:
-            self.unnamed = False  # no /proc
+        except OSError:
+            # No /proc, or a sandbox that refuses the link: write by name from now on (a
+            # genuine write error, such as a full disk, then surfaces from there).
+            self.unnamed = False
             return False
         finally:
             os.close(fd)
