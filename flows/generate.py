@@ -18,7 +18,8 @@ from flows import registry, tracking
 from flows.retry import network
 from vae_model.errors import UserError
 from vae_model.generate import (
-    Request, SamplerSpec, check_positive, cores, make_shard, num_shards, parse_labels, prepare_output, write_manifest,
+    Request, SamplerSpec, check_positive, cores, make_shard, num_shards, parse_labels, png_pool, prepare_output,
+    write_manifest,
 )
 
 
@@ -93,6 +94,8 @@ def generate(
         "model": unmapped(model), "request": unmapped(request.to_dict()), "shard": range(num_shards(request)),
         "out_dir": unmapped(str(out)), "tracking_uri": unmapped(store),
     }
+    if "png" in request.formats and not (dask_address or dask_workers):
+        png_pool(cores())  # forked before the shard threads exist, not beside one running torch
     with runner:
         _connect(runner, dask_address)
         runner.map(generate_shard, parameters).result()

@@ -313,6 +313,8 @@ def _abandon(pending: deque[Future]) -> None:
 def make_shards(decode: Decoder, spec: SamplerSpec, request: Request, out: Path, workers: int | None = None) -> None:
     """Every shard of the request, `workers` at a time (default: one per core)."""
     workers = workers or cores()
+    if "png" in request.formats:
+        png_pool(cores())  # forked before the shard threads exist, not beside one running torch
     with ThreadPoolExecutor(workers, thread_name_prefix="shard") as pool:
         for future in [pool.submit(make_shard, decode, spec, request, i, out) for i in range(num_shards(request))]:
             future.result()
