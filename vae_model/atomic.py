@@ -37,8 +37,7 @@ class AtomicFolder:
     """Writes whole files into one directory: a reader sees each complete or not at all."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         # Half the kernel work of create + rename: on ext4 the rename doubles a small file's
         # cost, and a killed writer leaves no temporary file behind.
         self.unnamed = hasattr(os, "O_TMPFILE")
