@@ -35,18 +35,14 @@ def resolve(model_uri: str) -> dict[str, Any]:
 
 
 def _spec(name: str, version: str) -> SamplerSpec:
-    try:
-        cfg = sampler_weights.load_config(_weights_file(name, version))
-    except (MlflowException, OSError):
+    weights = _weights(mlflow.get_registry_uri(), name, version)
+    if weights is None:
         # Versions logged before the weights file. (Reading the MLmodel costs a process its
         # first ~0.35 s of MLflow model imports, which the weights file spares every request.)
         meta = mlflow.models.get_model_info(f"models:/{name}/{version}").metadata or {}
         return SamplerSpec(meta["latent_dim"], meta["channels"], meta["height"], meta["width"], meta.get("num_classes", 0))
+    cfg = weights.config
     return SamplerSpec(cfg.latent_dim, cfg.channels, cfg.height, cfg.width, cfg.num_classes)
-
-
-def _weights_file(name: str, version: str) -> str:
-    return mlflow.artifacts.download_artifacts(f"models:/{name}/{version}/extra_files/{sampler_weights.SAMPLER_FILE}")
 
 
 def load_sampler(name: str, version: str):
@@ -54,12 +50,22 @@ def load_sampler(name: str, version: str):
     return _load(mlflow.get_registry_uri(), name, version)
 
 
+# Both caches are keyed by the registry too: one process may talk to several (the tests do).
+@functools.lru_cache(maxsize=4)
+def _weights(registry_uri: str, name: str, version: str) -> sampler_weights.SamplerWeights | None:
+    """The version's `sampler.pt`, read once per process for both the spec and the decoder;
+    None for versions logged before it."""
+    try:
+        path = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}/extra_files/{sampler_weights.SAMPLER_FILE}")
+    except (MlflowException, OSError):
+        return None
+    return sampler_weights.load_weights(path)
+
+
 @functools.lru_cache(maxsize=4)
 def _load(registry_uri: str, name: str, version: str):
-    # Keyed by the registry too: one process may talk to several (the tests do).
-    try:
-        path = _weights_file(name, version)
-    except (MlflowException, OSError):
+    weights = _weights(registry_uri, name, version)
+    if weights is None:
         # Versions logged before the weights file: their torch.export program.
         return mlflow.pytorch.load_model(f"models:/{name}/{version}")
-    return sampler_weights.load_sampler(path)
+    return weights.sampler()

@@ -7,6 +7,7 @@ about 170 MB, and runs the same modules that training used.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,13 +25,20 @@ def save_sampler(model: VAE, path: str | Path) -> Path:
     return Path(path)
 
 
-def load_config(path: str | Path) -> VAEConfig:
-    """The model's configuration, which says what the sampler takes and gives."""
-    return VAEConfig(**torch.load(path, map_location="cpu", weights_only=True)["model_config"])
+@dataclass(frozen=True)
+class SamplerWeights:
+    """What `sampler.pt` holds: the model's config (what the sampler takes and gives) and the
+    decoder's tensors."""
+
+    config: VAEConfig
+    decoder: dict[str, torch.Tensor]
+
+    def sampler(self) -> Sampler:
+        decoder = build_decoder(self.config)
+        decoder.load_state_dict(self.decoder)
+        return Sampler(decoder).eval()
 
 
-def load_sampler(path: str | Path) -> Sampler:
+def load_weights(path: str | Path) -> SamplerWeights:
     state = torch.load(path, map_location="cpu", weights_only=True)
-    decoder = build_decoder(VAEConfig(**state["model_config"]))
-    decoder.load_state_dict(state["decoder"])
-    return Sampler(decoder).eval()
+    return SamplerWeights(VAEConfig(**state["model_config"]), state["decoder"])
