@@ -11,19 +11,25 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 
+# What a plain open() creates with: the kernel takes the umask off. mkstemp's 0600 would
+# survive the rename and leave datasets written for a team unreadable to it.
+FILE_MODE = 0o666
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; it replaces the target only on success."""
+    """Yield a temporary path in the target's folder; it replaces the target only on success.
+    The file gets the mode a plain open() would give it."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
     try:
         yield Path(tmp)
         os.replace(tmp, target)
@@ -46,7 +52,7 @@ class AtomicFolder:
         if self.unnamed and self._link_unnamed(name, data):
             return
         tmp = f".{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=self.fd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE, dir_fd=self.fd)
         try:
             try:
                 _write_all(fd, data)
@@ -61,7 +67,7 @@ class AtomicFolder:
     def _link_unnamed(self, name: str, data: bytes) -> bool:
         """False where the file could not be made this way (the caller writes it by name)."""
         try:
-            fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, 0o644, dir_fd=self.fd)
+            fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, FILE_MODE, dir_fd=self.fd)
         except OSError:  # no O_TMPFILE on this filesystem (EOPNOTSUPP, EISDIR on old kernels)
             self.unnamed = False
             return False
