@@ -87,7 +87,8 @@ def run(
     result = _finish(pipeline(cfg.to_dict(), return_state=True), debug)
     model, samples = result["model"], result["samples"]
     typer.echo(result["gate"])
-    if result.get("evaluation"):
+    if result.get("samples_quality"):
+        typer.echo(result["samples_quality"])
         typer.echo(result["evaluation"])
     typer.echo(f"registered {model['name']} version {model['version']} as {model['uri']}: {model['decision']}")
     typer.echo(f"wrote {samples['rows']} samples to {samples['out_dir']} (manifest: {samples['manifest']})")
@@ -103,6 +104,7 @@ def generate(
     format: Annotated[str, typer.Option("--format", help="parquet, png or parquet,png")] = "parquet,png",
     labels: Annotated[str | None, typer.Option(help="Conditional models: 3, 0,1,2 or 0:0.7,1:0.3")] = None,
     shard_size: Annotated[int, typer.Option(help="Samples per shard")] = 65536,
+    temperature: Annotated[float, typer.Option(help="Scale of the prior's noise: below 1 more typical, above 1 more diverse")] = 1.0,
     overwrite: Annotated[bool, typer.Option(help="Replace another request's output in --out")] = False,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking/registry URI")] = None,
     dask_address: Annotated[str | None, typer.Option(help="Run the shards on this Dask scheduler (tcp://host:8786)")] = None,
@@ -124,7 +126,7 @@ def generate(
     state = generate_flow(
         str(model), num_samples, str(out), seed=seed, formats=formats, labels=labels,
         shard_size=shard_size, overwrite=overwrite, tracking_uri=tracking_uri,
-        dask_address=dask_address, dask_workers=dask_workers, return_state=True,
+        dask_address=dask_address, dask_workers=dask_workers, temperature=temperature, return_state=True,
     )
     result = _finish(state, debug)
     typer.echo(json.dumps(result))

@@ -21,11 +21,10 @@ from vae_model.checkpoint import load_model
 from vae_model.config import PipelineConfig
 from vae_model.data import read_snapshot
 from vae_model.errors import UserError
-from vae_model.generate import Request, SamplerSpec, make_shards, parse_labels, prepare_output, write_manifest
+from vae_model.generate import Request, parse_labels, sample_model
 from vae_model.metrics import evaluate_samples, read_samples
 from vae_model.metrics.gate import sample_gate
 from vae_model.metrics.samples import samples_model_uri
-from vae_model.model import Sampler
 
 
 @task(name="draw-evaluation-samples")
@@ -39,12 +38,9 @@ def draw_samples(config: dict[str, Any], trained: dict[str, Any], run_id: str) -
         num_samples=min(cfg.generate.num_samples, cfg.evaluate.max_samples), seed=cfg.generate.seed,
         model_uri=f"models:/{trained['model_id']}", model_name="unregistered", model_version=run_id,
         formats=("parquet",), shard_size=cfg.generate.shard_size, labels=labels, labels_are_proportions=proportions,
+        temperature=cfg.generate.temperature,
     )
-    out = prepare_output(Path(cfg.evaluate.out_dir) / run_id, request, overwrite=True)
-    decode, spec = Sampler(model.decoder).eval(), SamplerSpec(m.latent_dim, m.channels, m.height, m.width, m.num_classes)
-    make_shards(decode, spec, request, out)
-    write_manifest(out, request)
-    return str(out)
+    return str(sample_model(model, request, Path(cfg.evaluate.out_dir) / run_id))
 
 
 @task(name="evaluate")
@@ -54,16 +50,19 @@ def evaluate(config: dict[str, Any], data: dict[str, Any], samples_dir: str, run
     train, held = read_snapshot(data["snapshot"])
     report = evaluate_samples(train, held, read_samples(samples_dir), cfg.evaluate,
                               data_key=data["sha256"], cache_dir=cfg.evaluate.cache_dir)
-    decision = sample_gate(report.synthetic, cfg.validate_)
+    decision = sample_gate(report.synthetic, cfg.validate_, report.real)
     with tracking.resumed(config["tracking"], run_id):
         mlflow.log_metrics(report.metrics())
         mlflow.log_dict({**report.to_dict(), "samples": samples_dir, "gate": decision}, "evaluation/report.json")
         mlflow.log_image(report.picture.transpose(1, 2, 0), "evaluation/closest_to_training.png")
+        if (preview := Path(samples_dir) / "preview.png").exists():
+            mlflow.log_artifact(str(preview), "evaluation")
         mlflow.set_tag("sample_gate_status", "passed" if decision["passed"] else "failed")
     create_markdown_artifact(f"{report.markdown()}\n{decision['message']}\n", key="evaluation",
                              description="synthetic-data quality and privacy")
     get_run_logger().info("evaluated %d samples in %.1f s; %s", report.counts["synthetic"], report.seconds, decision["message"])
-    return {"passed": decision["passed"], "message": decision["message"], "seconds": report.seconds,
+    return {"passed": decision["passed"], "message": decision["message"], "headline": report.headline(),
+            "seconds": report.seconds,
             "synthetic": report.synthetic, "real": report.real, "counts": report.counts}
 
 

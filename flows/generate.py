@@ -74,6 +74,7 @@ def generate(
     tracking_uri: str | None = None,
     dask_address: str | None = None,
     dask_workers: int = 0,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """Generate `num_samples` from a registered model into `out_dir`, manifest last."""
     check_positive("--num-samples", num_samples)
@@ -87,7 +88,7 @@ def generate(
     request = Request(
         num_samples=num_samples, seed=seed, model_uri=model_uri, model_name=model["name"],
         model_version=model["version"], formats=tuple(sorted(set(formats or ["parquet", "png"]))),
-        shard_size=shard_size, labels=label_spec, labels_are_proportions=proportions,
+        shard_size=shard_size, labels=label_spec, labels_are_proportions=proportions, temperature=temperature,
     )
     out = prepare_output(out_dir, request, overwrite).resolve()
     parameters = {

@@ -50,11 +50,11 @@ def pipeline(config: dict[str, Any]) -> dict[str, Any]:
             model["champion_uri"], cfg.generate.num_samples, cfg.generate.out_dir, seed=cfg.generate.seed,
             formats=cfg.generate.formats, shard_size=cfg.generate.shard_size, overwrite=True,
             tracking_uri=cfg.tracking.uri, dask_address=cfg.generate.dask_address,
-            dask_workers=cfg.generate.dask_workers,
+            dask_workers=cfg.generate.dask_workers, temperature=cfg.generate.temperature,
         )
     except BaseException:
         tracking.end_run(run_id, "FAILED")
         raise
     tracking.end_run(run_id, "FINISHED")
     return {"run_id": run_id, "data": data, "gate": report["message"], "model": model, "samples": samples,
-            "evaluation": quality and quality["message"]}
+            "evaluation": quality and quality["message"], "samples_quality": quality and quality["headline"]}

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import mlflow
+import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -66,6 +67,9 @@ def _weights(registry_uri: str, name: str, version: str) -> sampler_weights.Samp
 def _load(registry_uri: str, name: str, version: str):
     weights = _weights(registry_uri, name, version)
     if weights is None:
-        # Versions logged before the weights file: their torch.export program.
-        return mlflow.pytorch.load_model(f"models:/{name}/{version}")
+        # Versions logged before the weights file: their torch.export program, which maps
+        # z and the one-hot label (no prior, no uniform column) to pixels.
+        program = mlflow.pytorch.load_model(f"models:/{name}/{version}")
+        latent_dim = _spec(name, version).latent_dim
+        return lambda inputs: program(torch.cat([inputs[:, :latent_dim], inputs[:, latent_dim + 1 :]], 1))
     return weights.sampler()

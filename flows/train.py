@@ -21,7 +21,7 @@ from vae_model.config import PipelineConfig
 from vae_model.data import read_snapshot
 from vae_model.evaluate import held_out
 from vae_model.images import reconstruction_grid, sample_grid
-from vae_model.model import VAE, Sampler
+from vae_model.model import VAE, Sampler, sampler_input_dim
 from vae_model.sampler_weights import SAMPLER_FILE, save_sampler
 from vae_model.train import train as fit
 from vae_model.train import vae_config
@@ -44,7 +44,7 @@ def train(config: dict[str, Any], data: dict[str, Any], run_id: str) -> dict[str
         model = result.model.cpu().eval()
         examples = held_out(val_data, torch.device("cpu"), cfg.data.binarize, seed=cfg.train.seed)
         y = None if examples.y is None or not model.cfg.conditional else examples.y[:32]
-        mlflow.log_image(sample_grid(model, 64, seed=cfg.train.seed).transpose(1, 2, 0), "images/samples.png")
+        mlflow.log_image(sample_grid(model, seed=cfg.train.seed).transpose(1, 2, 0), "images/samples.png")
         mlflow.log_image(reconstruction_grid(model, examples.x[:32], y).transpose(1, 2, 0), "images/reconstructions.png")
         model_id = log_sampler(model)
     return {"checkpoint": str(ckpt), "model_id": model_id, "epochs": len(result.history),
@@ -52,11 +52,11 @@ def train(config: dict[str, Any], data: dict[str, Any], run_id: str) -> dict[str
 
 
 def log_sampler(model: VAE) -> str:
-    """Log the decoder as a torch.export (pt2) model: no pickle, loads with plain MLflow. The
-    decoder's weights ride along as `extra_files/sampler.pt`, which generation loads instead."""
+    """Log the prior and decoder (`Sampler`) as a torch.export (pt2) model: no pickle, loads with
+    plain MLflow. Their weights ride along as `extra_files/sampler.pt`, which generation loads instead."""
     cfg = model.cfg
-    width = cfg.latent_dim + cfg.num_classes
-    example = np.random.default_rng(0).standard_normal((2, width)).astype(np.float32)
+    width = sampler_input_dim(cfg)
+    example = np.random.default_rng(0).uniform(size=(2, width)).astype(np.float32)
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, width))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, cfg.input_dim))]),
@@ -66,10 +66,11 @@ def log_sampler(model: VAE) -> str:
     logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as folder:
         info = mlflow.pytorch.log_model(
-            Sampler(model.decoder).eval(), name="model", input_example=example, signature=signature,
+            Sampler.of(model), name="model", input_example=example, signature=signature,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             extra_files=[str(save_sampler(model, Path(folder) / SAMPLER_FILE))],
-            metadata={**cfg.to_dict(), "input": "z (latent_dim) followed by one-hot labels (num_classes)",
+            metadata={**cfg.to_dict(), "input": "standard-normal noise (latent_dim, times the temperature), "
+                      "one uniform in [0, 1) picking the prior's component, one-hot labels (num_classes)",
                       "output": "pixel means in [0, 1], flattened C*H*W"},
         )
     return info.model_id

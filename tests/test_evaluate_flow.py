@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from mlflow import MlflowClient
+from PIL import Image
 from prefect.artifacts import Artifact
 
 from tests.conftest import TINY
@@ -36,7 +37,12 @@ def test_pipeline_records_the_report_and_the_cli_evaluates_the_generated_folder(
     assert metrics["eval_n_synthetic"] == 40 and metrics["eval_seconds"] > 0
     assert run.data.tags["sample_gate_status"] == "passed"
     files = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
-    assert files == {"evaluation/report.json", "evaluation/closest_to_training.png"}
+    assert files == {"evaluation/report.json", "evaluation/closest_to_training.png", "evaluation/preview.png"}
+    # The preview is upscaled to be looked at: 8 columns of 8x8 digits, each cell at least 56 pixels.
+    preview = Image.open(client.download_artifacts(run.info.run_id, "evaluation/preview.png", str(workdir)))
+    assert preview.width >= 8 * 56
+    headline = state.result()["samples_quality"]
+    assert headline.startswith("samples (real floor in brackets, 40 samples): FCD ") and "recall" in headline
     report = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluation/report.json", str(workdir))).read_text())
     assert report["synthetic"]["fcd"] == metrics["eval_fcd"]
     markdown = Artifact.get("evaluation")

@@ -94,7 +94,8 @@ def test_registered_model_loads_with_plain_mlflow_in_a_fresh_process(cli, workdi
     script = (
         "import mlflow, numpy as np\n"
         "m = mlflow.pyfunc.load_model('models:/vae-digits@champion')\n"
-        "x = m.predict(np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32))\n"
+        "rng = np.random.default_rng(0)\n"
+        "x = m.predict(np.hstack([rng.standard_normal((5, 4)), rng.uniform(size=(5, 1))]).astype(np.float32))\n"
         "print(x.shape, float(x.min()) >= 0, float(x.max()) <= 1)\n"
     )
     env = {**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}

@@ -44,7 +44,10 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> VAE:
     state = load_checkpoint(path, device)
     model = VAE(VAEConfig(**state["model_config"])).to(device)
-    model.load_state_dict(state["model"])
+    keys = model.load_state_dict(state["model"], strict=False)
+    # Weights saved before the fitted prior have none, and sample from N(0, I) as they did.
+    if keys.unexpected_keys or any(not k.startswith("prior.") for k in keys.missing_keys):
+        raise RuntimeError(f"{path}: not the weights of this model ({keys})")
     return model.eval()
 
 

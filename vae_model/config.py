@@ -42,6 +42,8 @@ class ModelConfig(_Section):
     activation: Literal["relu", "elu", "tanh"] = "relu"
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
     learn_scale: bool = True
+    # Gaussian mixture fitted to the posterior means after training, per class; 0: sample N(0, I).
+    prior_components: int = Field(50, ge=0)
 
 
 class TrainConfig(_Section):
@@ -69,6 +71,11 @@ class ValidateConfig(_Section):
     # Sample-based gates from the evaluate step; null leaves a check out.
     max_exact_copy_rate: float | None = Field(None, ge=0, le=1)
     max_fcd: float | None = Field(None, ge=0)
+    # Relative to the real floor (held-out against training), so one threshold suits any dataset.
+    max_fcd_ratio: float | None = Field(None, gt=0)
+    min_precision: float | None = Field(None, ge=0, le=1)
+    min_recall: float | None = Field(None, ge=0, le=1)
+    min_coverage: float | None = Field(None, ge=0, le=1)
     max_dcr_train_share: float | None = Field(None, ge=0, le=1)
     min_label_agreement: float | None = Field(None, ge=0, le=1)
 
@@ -95,6 +102,8 @@ class RegisterConfig(_Section):
 class GenerateConfig(_Section):
     num_samples: int = Field(1000, ge=1)
     seed: int = 0
+    # Scales the prior's noise: below 1 trades diversity for fidelity (recorded in the manifest).
+    temperature: float = Field(1.0, gt=0)
     out_dir: str = "outputs/samples"
     formats: list[Literal["parquet", "png"]] = ["parquet", "png"]
     shard_size: int = Field(65536, ge=1)

@@ -35,7 +35,7 @@ import torch
 from vae_model import __version__
 from vae_model.atomic import sha256_file, write_json
 from vae_model.errors import UserError
-from vae_model.sample_files import parquet_shard, save_grid, write_pngs
+from vae_model.sample_files import parquet_shard, save_preview, write_pngs
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 UNLABELLED = "unlabelled"
@@ -77,11 +77,15 @@ class Request:
     shard_size: int = 65536
     labels: tuple[float, ...] | None = None
     labels_are_proportions: bool = False
+    # Scales the prior's noise: below 1 trades diversity for fidelity, above 1 the reverse.
+    temperature: float = 1.0
     tool_version: str = field(default=__version__)
 
     def __post_init__(self) -> None:
         check_positive("--num-samples", self.num_samples)
         check_positive("generate.shard_size", self.shard_size)
+        if not self.temperature > 0:
+            raise UserError(f"generate.temperature: expected a positive number, got {self.temperature}")
         unknown = set(self.formats) - {"parquet", "png"}
         if unknown or not self.formats:
             raise UserError(f"--format: expected parquet and/or png, got {','.join(self.formats) or 'nothing'}")
@@ -142,18 +146,22 @@ def num_shards(request: Request) -> int:
 
 
 def shard_blocks(spec: SamplerSpec, request: Request, shard: int) -> Iterator[tuple[np.ndarray, torch.Tensor, np.ndarray | None]]:
-    """(sample ids, decoder input, labels) of each block of one shard, drawn in order."""
+    """(sample ids, sampler input, labels) of each block of one shard, drawn in order. The input
+    is what `vae_model.model.Sampler` takes: noise times the temperature, the uniform number
+    that picks the prior's component, and the one-hot label."""
     start, n = shard_rows(request, shard)
     generator = shard_generator(request.seed, shard)
     for offset in range(0, n, DECODE_BLOCK):
         rows = min(DECODE_BLOCK, n - offset)
         ids = np.arange(start + offset, start + offset + rows, dtype=np.int64)
-        z = torch.randn(rows, spec.latent_dim, generator=generator)
+        noise = torch.randn(rows, spec.latent_dim, generator=generator).mul_(request.temperature)
         labels = None
+        onehot = torch.empty(rows, 0)
         if spec.num_classes:
             labels = _draw_labels(request, ids, generator)
-            z = torch.cat([z, torch.nn.functional.one_hot(torch.from_numpy(labels), spec.num_classes).float()], 1)
-        yield ids, z, labels
+            onehot = torch.nn.functional.one_hot(torch.from_numpy(labels), spec.num_classes).float()
+        uniform = torch.rand(rows, 1, generator=generator)
+        yield ids, torch.cat([noise, uniform, onehot], 1), labels
 
 
 def _draw_labels(request: Request, ids: np.ndarray, generator: torch.Generator) -> np.ndarray:
@@ -289,7 +297,7 @@ def make_shard(decode: Decoder, spec: SamplerSpec, request: Request, shard: int,
                 if len(pending) > PNG_BLOCKS_IN_FLIGHT:
                     pngs.extend(_written(pngs_pool, pending.popleft()))
             if shard == 0 and ids[0] == 0:
-                preview = save_grid(out / "preview.png", images[:64])
+                preview = save_preview(out / "preview.png", images, labels)
         while pending:
             pngs.extend(_written(pngs_pool, pending.popleft()))
     files: list[dict[str, Any]] = []
@@ -297,7 +305,7 @@ def make_shard(decode: Decoder, spec: SamplerSpec, request: Request, shard: int,
         files.append({"path": parquet_path.name, "rows": n, "sha256": sha256_file(parquet_path)})
     files.extend(pngs)
     if preview is not None:
-        files.append({"path": preview.name, "rows": min(n, 64), "sha256": sha256_file(preview)})
+        files.append({"path": "preview.png", "rows": preview, "sha256": sha256_file(out / "preview.png")})
     record = {"shard": shard, "rows": n, "files": files}
     write_json(_record_path(out, shard), record, indent=None)
     return record
@@ -318,6 +326,18 @@ def make_shards(decode: Decoder, spec: SamplerSpec, request: Request, out: Path,
     with ThreadPoolExecutor(workers, thread_name_prefix="shard") as pool:
         for future in [pool.submit(make_shard, decode, spec, request, i, out) for i in range(num_shards(request))]:
             future.result()
+
+
+def sample_model(model: torch.nn.Module, request: Request, out_dir: str | Path) -> Path:
+    """Every shard and the manifest of `request` from a trained, not necessarily registered,
+    `vae_model.model.VAE`: the same draws `generate` makes from its registered version."""
+    from vae_model.model import Sampler
+
+    m = model.cfg
+    out = prepare_output(out_dir, request, overwrite=True)
+    make_shards(Sampler.of(model), SamplerSpec(m.latent_dim, m.channels, m.height, m.width, m.num_classes), request, out)
+    write_manifest(out, request)
+    return out
 
 
 def prepare_output(out_dir: str | Path, request: Request, overwrite: bool) -> Path:

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torchvision.utils import make_grid
 
-from vae_model.model import VAE
-
-
-def grid(images: np.ndarray, nrow: int = 8) -> np.ndarray:
-    """uint8 (n, C, H, W) -> one uint8 (C, H', W') grid with a 2-pixel border."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images))
-    if tensor.shape[1] == 1:
-        tensor = tensor.expand(-1, 3, -1, -1)
-    return make_grid(tensor, nrow=nrow, padding=2, pad_value=128).numpy()
+from vae_model.model import VAE, Sampler
+from vae_model.sample_files import grid, preview
 
 
 def to_uint8(probabilities: torch.Tensor, shape: tuple[int, int, int]) -> np.ndarray:
@@ -22,14 +14,17 @@ def to_uint8(probabilities: torch.Tensor, shape: tuple[int, int, int]) -> np.nda
 
 
 @torch.no_grad()
-def sample_grid(model: VAE, n: int = 64, seed: int = 0) -> np.ndarray:
-    """Pixel means decoded from n prior samples (cycling through the classes if conditional)."""
+def sample_grid(model: VAE, n: int = 80, seed: int = 0) -> np.ndarray:
+    """The preview of n samples drawn from the model's prior (cycling through the classes if
+    conditional), as `generate` draws them."""
     cfg = model.cfg
     device = next(model.parameters()).device
-    z = torch.randn(n, cfg.latent_dim, generator=torch.Generator().manual_seed(seed)).to(device)
-    y = torch.arange(n, device=device) % cfg.num_classes if cfg.conditional else None
-    probs = torch.sigmoid(model.decode(z, y))
-    return grid(to_uint8(probs, (cfg.channels, cfg.height, cfg.width)))
+    generator = torch.Generator().manual_seed(seed)
+    noise, uniform = torch.randn(n, cfg.latent_dim, generator=generator), torch.rand(n, 1, generator=generator)
+    labels = np.arange(n) % cfg.num_classes if cfg.conditional else None
+    onehot = torch.empty(n, 0) if labels is None else torch.nn.functional.one_hot(torch.from_numpy(labels), cfg.num_classes).float()
+    pixels = Sampler.of(model)(torch.cat([noise, uniform, onehot], 1).to(device))
+    return preview(to_uint8(pixels, (cfg.channels, cfg.height, cfg.width)), labels)[0]
 
 
 @torch.no_grad()

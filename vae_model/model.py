@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from vae_model.prior import MixturePrior
+
 # exp(logvar) stays finite and its gradient useful; beyond these bounds training has diverged.
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 
@@ -33,6 +35,8 @@ class VAEConfig:
     num_classes: int = 0
     likelihood: str = "bernoulli"
     learn_scale: bool = True
+    # Components of the latent mixture fitted after training, per class (vae_model.prior); 0: N(0, I).
+    prior_components: int = 50
 
     @property
     def input_dim(self) -> int:
@@ -132,6 +136,8 @@ class VAE(nn.Module):
         self.decoder = build_decoder(cfg)
         # Gaussian likelihood: one log standard deviation shared by all pixels.
         self.log_scale = nn.Parameter(torch.tensor(math.log(0.1)), requires_grad=cfg.learn_scale)
+        # N(0, I) until fitted after training (vae_model.prior.fit_prior).
+        self.prior = MixturePrior(max(1, cfg.num_classes), max(1, cfg.prior_components), cfg.latent_dim)
 
     @torch.no_grad()
     def init_output_bias(self, pixel_mean: torch.Tensor) -> None:
@@ -170,14 +176,29 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Gene
     return mu + eps * torch.exp(0.5 * logvar)
 
 
+def sampler_input_dim(cfg: VAEConfig) -> int:
+    """Columns of a sampler's input: noise (latent_dim), one uniform, one-hot label (num_classes)."""
+    return cfg.latent_dim + 1 + cfg.num_classes
+
+
 class Sampler(nn.Module):
-    """What the registry holds: latent codes (with one-hot labels appended for a conditional
-    model) in, pixel means in [0, 1] out, shaped (B, C*H*W). One tensor in and out keeps the
-    torch.export signature simple."""
+    """What the registry holds: the prior and the decoder as one program. In: standard-normal
+    noise (latent_dim columns, times the temperature), one uniform number in [0, 1) that picks
+    the prior's mixture component, and the one-hot label (num_classes columns; none for an
+    unconditional model). Out: pixel means in [0, 1], shaped (B, C*H*W). One tensor in and out
+    keeps the torch.export signature simple."""
 
-    def __init__(self, decoder: nn.Module):
+    def __init__(self, decoder: nn.Module, prior: MixturePrior, cfg: VAEConfig):
         super().__init__()
-        self.decoder = decoder
+        self.decoder, self.prior = decoder, prior
+        self.latent_dim, self.num_classes = cfg.latent_dim, cfg.num_classes
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decoder(z))
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        noise, uniform, onehot = inputs.split([self.latent_dim, 1, self.num_classes], dim=1)
+        group = onehot if self.num_classes else torch.ones_like(uniform)
+        z = self.prior(noise, uniform, group)
+        return torch.sigmoid(self.decoder(torch.cat([z, onehot], dim=1)))
+
+    @classmethod
+    def of(cls, model: VAE) -> Sampler:
+        return cls(model.decoder, model.prior, model.cfg).eval()

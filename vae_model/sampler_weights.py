@@ -1,4 +1,4 @@
-"""The sampler as plain weights: the decoder's tensors and config in one `torch.save` file.
+"""The sampler as plain weights: the prior's and decoder's tensors and the config in one `torch.save` file.
 
 Generation builds the decoder from `vae_model` and loads these tensors (never unpickled code).
 That skips torch.export's loader, which costs a generating process seconds of imports and
@@ -14,12 +14,13 @@ import torch
 
 from vae_model.atomic import atomic_path
 from vae_model.model import VAE, Sampler, VAEConfig, build_decoder
+from vae_model.prior import MixturePrior
 
 SAMPLER_FILE = "sampler.pt"
 
 
 def save_sampler(model: VAE, path: str | Path) -> Path:
-    state = {"model_config": model.cfg.to_dict(), "decoder": model.decoder.state_dict()}
+    state = {"model_config": model.cfg.to_dict(), "decoder": model.decoder.state_dict(), "prior": model.prior.state_dict()}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     return Path(path)
@@ -27,18 +28,22 @@ def save_sampler(model: VAE, path: str | Path) -> Path:
 
 @dataclass(frozen=True)
 class SamplerWeights:
-    """What `sampler.pt` holds: the model's config (what the sampler takes and gives) and the
-    decoder's tensors."""
+    """What `sampler.pt` holds: the model's config (what the sampler takes and gives), the
+    decoder's tensors and the fitted prior's (none in files written before the prior: N(0, I))."""
 
     config: VAEConfig
     decoder: dict[str, torch.Tensor]
+    prior: dict[str, torch.Tensor] | None = None
 
     def sampler(self) -> Sampler:
         decoder = build_decoder(self.config)
         decoder.load_state_dict(self.decoder)
-        return Sampler(decoder).eval()
+        prior = MixturePrior(max(1, self.config.num_classes), max(1, self.config.prior_components), self.config.latent_dim)
+        if self.prior is not None:
+            prior.load_state_dict(self.prior)
+        return Sampler(decoder, prior, self.config).eval()
 
 
 def load_weights(path: str | Path) -> SamplerWeights:
     state = torch.load(path, map_location="cpu", weights_only=True)
-    return SamplerWeights(VAEConfig(**state["model_config"]), state["decoder"])
+    return SamplerWeights(VAEConfig(**state["model_config"]), state["decoder"], state.get("prior"))

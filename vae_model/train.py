@@ -23,6 +23,7 @@ from vae_model.errors import TrainingDiverged, UserError
 from vae_model.evaluate import DeviceData, evaluate_elbo, held_out, to_device
 from vae_model.loss import elbo
 from vae_model.model import VAE, VAEConfig
+from vae_model.prior import fit_prior
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -43,7 +44,7 @@ def vae_config(model: ModelConfig, data: ImageData) -> VAEConfig:
         channels=c, height=h, width=w, latent_dim=model.latent_dim, hidden_dim=model.hidden_dim,
         hidden_layers=model.hidden_layers, activation=model.activation, arch=model.arch,
         num_classes=data.num_classes if model.conditional else 0,
-        likelihood=model.likelihood, learn_scale=model.learn_scale,
+        likelihood=model.likelihood, learn_scale=model.learn_scale, prior_components=model.prior_components,
     )
 
 
@@ -135,7 +136,31 @@ def train(
                 save_checkpoint(checkpoint_path, model, optimizer, generator, epoch, result.history, cfg)
             if on_epoch:
                 on_epoch(epoch, metrics)
+    if model_cfg.prior_components:
+        # Refitted on a resume too: the fit is seeded, so it gives the same prior again.
+        fit_prior(model.prior, posterior_means(model, train_t, cfg.seed), _cpu(train_t.y), cfg.seed)
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, model, optimizer, generator, cfg.epochs, result.history, cfg)
     return result
+
+
+@torch.no_grad()
+def posterior_means(model: VAE, data: DeviceData, seed: int, batch_size: int = 4096):
+    """The training images' posterior means as a float64 numpy array (N, latent_dim). Dynamically
+    binarised data is encoded as one seeded binary draw, as the encoder saw it in training."""
+    model.eval()
+    generator = torch.Generator(device=data.x.device).manual_seed(seed)
+    means = []
+    for start in range(0, len(data.x), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(data.x)), device=data.x.device)
+        x, y = data.batch(index, generator)
+        means.append(model.encode(x, y if model.cfg.conditional else None)[0].double().cpu())
+    model.train()
+    return torch.cat(means).numpy()
+
+
+def _cpu(y: torch.Tensor | None):
+    return None if y is None else y.cpu().numpy()
 
 
 def _compile_step(model: VAE, cfg: TrainConfig, device: torch.device):

@@ -18,7 +18,7 @@ import torch
 from vae_model.config import EvaluateConfig
 from vae_model.data.dataset import ImageData
 from vae_model.errors import UserError
-from vae_model.images import grid
+from vae_model.sample_files import grid
 from vae_model.metrics import features, fidelity, privacy, utility
 
 # (key, what it is, which way is better) in the order the report shows them.
@@ -59,6 +59,14 @@ class EvaluationReport:
         out.update({f"eval_n_{k}": float(v) for k, v in self.counts.items()})
         out["eval_seconds"] = self.seconds
         return out
+
+    def headline(self) -> str:
+        """One line of the figures a user judges samples by, each beside its real floor."""
+        shown = [("fcd", "FCD"), ("precision", "precision"), ("recall", "recall"), ("coverage", "coverage"),
+                 ("label_agreement", "label agreement"), ("tstr_accuracy", "TSTR")]
+        cells = [f"{name} {self.synthetic[k]:.3f} ({self.real[k]:.3f})" for k, name in shown
+                 if k in self.synthetic and k in self.real]
+        return f"samples (real floor in brackets, {self.counts['synthetic']} samples): " + ", ".join(cells)
 
     def markdown(self, title: str = "Synthetic data: quality and privacy") -> str:
         def cell(table: dict[str, float], key: str) -> str:

@@ -1,0 +1,113 @@
+"""Sample quality of the presets, before and after: the evaluate step's figures beside the real floor.
+
+    .venv/bin/python benchmarks/quality.py [--only digits|mnist] [--raw ../shared/data/mnist/raw]
+
+For each dataset, trains the seed's recipe ("before": an MLP VAE sampled from N(0, I), as the
+project shipped it) and the preset, draws samples exactly as the pipeline's evaluate
+step does (`vae_model.generate.sample_model`, seed 0, labels cycled for conditional models) and
+prints the evaluate table (1,000 samples for digits, 10,000 for MNIST, as the presets' `generate.num_samples`) with the real column (held-out against training, the floor a perfect
+generator reaches) and the training minutes. The preset's model is also sampled from N(0, I)
+instead of its fitted prior: the difference is what the prior bought; the rest, what capacity,
+training and the KL weight bought. MNIST rows are skipped when its gz files are absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import torch
+
+from vae_model.config import PipelineConfig, load_config
+from vae_model.data import load_source
+from vae_model.generate import Request, parse_labels, sample_model
+from vae_model.metrics import evaluate_samples, read_samples
+from vae_model.metrics.report import FIGURES
+from vae_model.prior import MixturePrior
+from vae_model.train import train, vae_config
+
+ROOT = Path(__file__).resolve().parents[1]
+# The seed's recipes: configs as the project shipped them before the fitted prior.
+BEFORE = {
+    "digits": (None, ["model.latent_dim=8", "model.hidden_dim=256", "model.hidden_layers=1", "train.epochs=40",
+                      "train.beta=1.0", "model.prior_components=0"]),
+    "mnist": ("configs/mnist.yaml", ["model.prior_components=0", "model.conditional=true"]),
+}
+AFTER = {"digits": (None, []), "mnist": ("configs/mnist-quality.yaml", [])}
+
+
+def run(name: str, path: str | None, overrides: list[str], raw: str | None, scratch: Path) -> tuple[list[dict], dict, float]:
+    """Train one recipe; evaluate its samples, and for a fitted prior also the same model's
+    samples from N(0, I) (what the prior bought). Returns the figures (N(0, I) first), the real
+    column and the training minutes."""
+    cfg: PipelineConfig = load_config(ROOT / (path or "configs/default.yaml"), overrides + ["train.progress=false", "train.device=cpu"])
+    if raw is not None:
+        cfg.data.path = raw
+    train_data, held = load_source(cfg.data)
+    started = time.perf_counter()
+    model = train(vae_config(cfg.model, train_data), cfg.train, train_data, held, cfg.data.binarize).model.cpu().eval()
+    minutes = (time.perf_counter() - started) / 60
+    labels, proportions = parse_labels(None, model.cfg.num_classes)
+    # As many samples as the pipeline's evaluate step draws: 1,000 for digits, 10,000 for MNIST.
+    request = Request(num_samples=min(cfg.generate.num_samples, cfg.evaluate.max_samples), seed=cfg.generate.seed, model_uri=name, model_name=name, model_version="0",
+                      formats=("parquet",), labels=labels, labels_are_proportions=proportions,
+                      temperature=cfg.generate.temperature)
+    reports = []
+    priors = [MixturePrior(*model.prior.means.shape[:2], model.cfg.latent_dim), model.prior] if model.prior.fitted else [model.prior]
+    for i, prior in enumerate(priors):
+        model.prior = prior
+        out = sample_model(model, request, scratch / f"{name}-{i}")
+        reports.append(evaluate_samples(train_data, held, read_samples(out), cfg.evaluate, cache_dir=scratch / "cache"))
+    return [r.synthetic for r in reports], reports[0].real, minutes
+
+
+def table(title: str, real: dict, columns: dict[str, tuple[dict, float]]) -> None:
+    print(f"\n## {title}\n")
+    print("| figure | real (floor) | " + " | ".join(columns) + " |")
+    print("|---|---|" + "---|" * len(columns))
+    for key, meaning, better in FIGURES:
+        if key not in real and not any(key in c for c, _ in columns.values()):
+            continue
+        cells = [f"{c[key]:.3f}" if key in c else "n/a" for c, _ in columns.values()]
+        print(f"| {meaning} ({better}) | {real[key]:.3f} | " + " | ".join(cells) + " |" if key in real
+              else f"| {meaning} ({better}) | n/a | " + " | ".join(cells) + " |")
+    print("| training minutes | | " + " | ".join(f"{m:.1f}" for _, m in columns.values()) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", choices=["digits", "mnist"])
+    parser.add_argument("--raw", default=str(ROOT.parent / "shared" / "data" / "mnist" / "raw"))
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; samples per column as the pipeline's evaluate step draws")
+    cases = [
+        ("digits, unconditional (`vae-pipeline run`)", "digits", []),
+        ("digits, conditional", "digits", ["model.conditional=true", "data.num_classes=10"]),
+        ("MNIST, conditional", "mnist", []),
+    ]
+    with tempfile.TemporaryDirectory() as scratch:
+        for title, data, extra in cases:
+            if args.only and data != args.only:
+                continue
+            raw = args.raw if data == "mnist" else None
+            if raw is not None and not Path(raw, "train-images-idx3-ubyte.gz").is_file():
+                print(f"\n## {title}: skipped, no MNIST gz files in {raw}")
+                continue
+            columns = {}
+            real = {}
+            for label, recipes in (("before", BEFORE), ("after", AFTER)):
+                path, overrides = recipes[data]
+                figures, real, minutes = run(f"{data}-{label}", path, overrides + extra, raw, Path(scratch))
+                if label == "after":
+                    columns["preset, z from N(0, I)"] = (figures[0], minutes)
+                columns[label if label == "before" else "preset (fitted prior)"] = (figures[-1], minutes)
+            table(title, real, columns)
+
+
+if __name__ == "__main__":
+    main()

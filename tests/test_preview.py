@@ -1,0 +1,42 @@
+"""preview.png: large enough to look at, and a row per requested label for a conditional model."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vae_model.sample_files import PREVIEW_CELL, preview
+
+
+def _images(n: int, size: int = 8) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (n, 1, size, size), dtype=np.uint8)
+
+
+def test_unconditional_preview_is_upscaled_8_by_8():
+    images = _images(100)
+    picture, shown = preview(images, None)
+    assert shown == 64 and picture.shape[0] == 3
+    cell = picture.shape[1] // 8
+    assert cell >= PREVIEW_CELL
+    # Nearest-neighbour upscaling: the first sample's first pixel fills a whole block.
+    scale = -(-PREVIEW_CELL // 8)
+    block = picture[0, 2 : 2 + scale, 2 : 2 + scale]
+    assert (block == images[0, 0, 0, 0]).all()
+
+
+def test_conditional_preview_has_a_row_per_label_headed_by_it():
+    images = _images(60)
+    labels = np.arange(60) % 3
+    picture, shown = preview(images, labels)
+    assert shown == 3 * 8
+    scale = -(-PREVIEW_CELL // 8)
+    cell = 8 * scale + 2
+    assert picture.shape[1] == 3 * cell + 2  # three rows: labels 0, 1 and 2
+    margin = picture.shape[2] - (8 * cell + 2)
+    assert margin > 0
+    # Each row's label is written in the margin: white pixels on the grey band.
+    for row in range(3):
+        band = picture[:, 2 + row * cell : 2 + (row + 1) * cell - 2, :margin]
+        assert (band > 200).all(axis=0).any()
+    # Row 1 starts with the first sample of label 1.
+    first = picture[0, 2 + cell : 2 + cell + scale, margin + 2 : margin + 2 + scale]
+    assert (first == images[1, 0, 0, 0]).all()
