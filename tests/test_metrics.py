@@ -85,3 +85,22 @@ def test_generator_ignoring_the_requested_label_scores_near_chance(splits, evalu
     assert s["tstr_accuracy"] < 0.3
     # The images themselves are still real digits: fidelity does not look at the labels.
     assert s["precision"] > 0.8
+
+
+def test_sample_gate_divides_fcd_by_its_real_floor_and_names_each_check():
+    from vae_model.config import ValidateConfig
+    from vae_model.metrics.gate import sample_gate
+
+    synthetic = {"fcd": 3.0, "precision": 0.9, "recall": 0.6, "coverage": 0.8}
+    real = {"fcd": 2.0}
+    passed = sample_gate(synthetic, ValidateConfig(max_fcd_ratio=2.0, min_precision=0.85), real)
+    assert passed["passed"] and passed["checks"] == 2
+    assert "FCD over its real floor 1.5000 <= 2" in passed["message"]
+    failed = sample_gate(synthetic, ValidateConfig(max_fcd_ratio=1.4, min_recall=0.5, min_coverage=0.9), real)
+    assert not failed["passed"]
+    assert "FCD over its real floor 1.5000 is not <= 1.4 (validate.max_fcd_ratio)" in failed["message"]
+    assert "coverage 0.8000 is not >= 0.9 (validate.min_coverage)" in failed["message"]
+    assert "recall" not in failed["message"]  # that check passed
+    # Without the real column the ratio is not measured, and an unmeasured figure cannot pass.
+    assert "not measured" in sample_gate(synthetic, ValidateConfig(max_fcd_ratio=10.0))["message"]
+    assert "no thresholds set" in sample_gate(synthetic, ValidateConfig(), real)["message"]
