@@ -24,18 +24,62 @@ from vae_model.errors import UserError
 
 def _case_truncated_gz(tmp: Path):
     return {"kind": "mnist", "path": str(corpus.mnist_folder(tmp / "m", truncate="train-images-idx3-ubyte.gz"))}, [
-        "train-images-idx3-ubyte.gz", "md5"]
+        "train-images-idx3-ubyte.gz", "truncated or corrupt gzip data"]
 
 
 def _case_corrupt_gz(tmp: Path):
     return {"kind": "mnist", "path": str(corpus.mnist_folder(tmp / "m", corrupt="t10k-labels-idx1-ubyte.gz"))}, [
-        "t10k-labels-idx1-ubyte.gz", "md5"]
+        "t10k-labels-idx1-ubyte.gz", "neither gzip data nor an IDX labels file"]
 
 
 def _case_missing_gz(tmp: Path):
     folder = corpus.mnist_folder(tmp / "m")
     (folder / "train-labels-idx1-ubyte.gz").unlink()
     return {"kind": "mnist", "path": str(folder)}, ["missing train-labels-idx1-ubyte.gz"]
+
+
+def _idx(tmp: Path, **kwargs) -> dict:
+    return {"kind": "mnist", "path": str(corpus.idx_folder(tmp / "m", **kwargs))}
+
+
+def _case_idx_truncated(tmp: Path):
+    whole = corpus.idx_bytes(np.zeros((5, 28, 28)))
+    return _idx(tmp, compress=None, replace={"train-images-idx3-ubyte": whole[:-100]}), [
+        "train-images-idx3-ubyte:", "truncated or corrupt IDX data"]
+
+
+def _case_idx_truncated_gz(tmp: Path):
+    settings = _idx(tmp)
+    path = Path(settings["path"], "t10k-images-idx3-ubyte.gz")
+    path.write_bytes(path.read_bytes()[:-20])
+    return settings, ["t10k-images-idx3-ubyte.gz", "truncated or corrupt gzip data"]
+
+
+def _case_idx_wrong_magic(tmp: Path):
+    labels_in_place_of_images = corpus.idx_bytes(np.zeros(3))
+    return _idx(tmp, replace={"t10k-images-idx3-ubyte": labels_in_place_of_images}), [
+        "t10k-images-idx3-ubyte.gz", "not an IDX images file", "magic number 00000801"]
+
+
+def _case_idx_count_mismatch(tmp: Path):
+    return _idx(tmp, replace={"train-labels-idx1-ubyte": np.zeros(4)}), [
+        "train-labels-idx1-ubyte.gz", "4 labels for the 5 images"]
+
+
+def _case_idx_label_out_of_range(tmp: Path):
+    return _idx(tmp, compress=None, replace={"t10k-labels-idx1-ubyte": np.array([3, 1, 12])}), [
+        "t10k-labels-idx1-ubyte", "item 2", "label 12", "outside 0..9"]
+
+
+def _case_idx_wrong_image_size(tmp: Path):
+    return _idx(tmp, replace={"train-images-idx3-ubyte": np.zeros((5, 32, 32))}), [
+        "train-images-idx3-ubyte.gz", "images are 32x32, expected 28x28"]
+
+
+def _case_idx_missing(tmp: Path):
+    settings = _idx(tmp, compress=None)
+    Path(settings["path"], "train-labels-idx1-ubyte").unlink()
+    return settings, ["missing train-labels-idx1-ubyte.gz", "gz or uncompressed"]
 
 
 def _case_corrupt_image(tmp: Path):
@@ -206,7 +250,7 @@ def _run(cli, *settings: str):
     return cli("run", *[a for s in [*TINY, *settings] for a in ("--set", s)])
 
 
-@pytest.mark.parametrize("case", ["truncated_gz", "corrupt_image", "nan", "label_out_of_range", "one_example"])
+@pytest.mark.parametrize("case", ["idx_truncated", "corrupt_image", "nan", "label_out_of_range", "one_example"])
 def test_bad_source_through_the_command(case, cli, workdir):
     settings, expected = SOURCE_CASES[case](workdir)
     code, out = _run(cli, *[f"data.{k}={v}" for k, v in settings.items()])
