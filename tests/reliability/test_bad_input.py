@@ -17,9 +17,10 @@ from mlflow import MlflowClient
 
 from tests.conftest import TINY
 from tests.reliability import corpus
-from vae_model.config import DataConfig, load_config
+from vae_model.config import _SAMPLE_GATES, DataConfig, ValidateConfig, load_config
 from vae_model.data import load_source
 from vae_model.errors import UserError
+from vae_model.gate import gate_decision
 
 
 def _case_truncated_gz(tmp: Path):
@@ -225,12 +226,38 @@ def test_mixed_folder_is_converted_when_the_config_asks(tmp_path):
     (["data.kind=csv"], "data.kind"),
     (["tracking.uri=postgresql://me:secret@db/mlflow"], "embeds a password"),
     (["train.epochs"], "expected KEY=VALUE"),
+    (["validate.max_iw_nll=90"],
+     "config key 'validate.max_iw_nll': cannot be measured under this config; needs validate.iw_samples > 0"),
+    (["evaluate.enabled=false", "validate.max_fcd_ratio=2", "validate.min_coverage=0.1"],
+     "config keys 'validate.max_fcd_ratio', 'validate.min_coverage': cannot be measured under this config; "
+     "needs evaluate.enabled=true"),
+    (["validate.min_label_agreement=0.5"], "'validate.min_label_agreement': cannot be measured under this config; "
+     "needs model.conditional=true"),
 ])
 def test_config_errors_name_the_key(overrides, expected):
     with pytest.raises(UserError) as info:
         load_config(None, overrides)
     assert expected in str(info.value)
     assert "secret" not in str(info.value)
+
+
+@pytest.mark.parametrize("gate", _SAMPLE_GATES)
+def test_each_sample_gate_needs_the_evaluate_step(gate):
+    measured = [f"validate.{gate}=0.5", "model.conditional=true"]
+    assert getattr(load_config(None, measured).validate_, gate) == 0.5
+    with pytest.raises(UserError) as info:
+        load_config(None, [*measured, "evaluate.enabled=false"])
+    assert f"'validate.{gate}'" in str(info.value) and "evaluate.enabled=true" in str(info.value)
+
+
+def test_the_iw_gate_is_measured_or_fails_never_skipped():
+    assert load_config(None, ["validate.max_iw_nll=90", "validate.iw_samples=5"]).validate_.max_iw_nll == 90
+    cfg = ValidateConfig(max_iw_nll=90, iw_samples=5)
+    base = {"heldout_elbo": -80.0, "heldout_bits_per_dim": 0.2}
+    assert gate_decision({**base, "val_iw_nll": 85.0}, cfg)["passed"]
+    assert not gate_decision({**base, "val_iw_nll": 95.0}, cfg)["passed"]
+    missing = gate_decision(base, cfg)
+    assert not missing["passed"] and "IW NLL not measured" in missing["message"]
 
 
 def _assert_clean_failure(code: int, out: str, workdir: Path, *fragments: str) -> None:
@@ -255,6 +282,13 @@ def test_bad_source_through_the_command(case, cli, workdir):
     settings, expected = SOURCE_CASES[case](workdir)
     code, out = _run(cli, *[f"data.{k}={v}" for k, v in settings.items()])
     _assert_clean_failure(code, out, workdir, *expected)
+
+
+def test_a_threshold_the_config_cannot_measure_exits_2_before_anything_runs(cli, workdir):
+    code, out = _run(cli, "validate.max_iw_nll=90")
+    assert code == 2
+    _assert_clean_failure(code, out, workdir, "'validate.max_iw_nll'", "needs validate.iw_samples > 0")
+    assert not (workdir / "mlflow.db").exists()
 
 
 def test_conditional_model_without_labels(cli, workdir):
