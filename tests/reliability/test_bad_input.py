@@ -229,10 +229,10 @@ def test_mixed_folder_is_converted_when_the_config_asks(tmp_path):
     (["validate.max_iw_nll=90"],
      "config key 'validate.max_iw_nll': cannot be measured under this config; needs validate.iw_samples > 0"),
     (["evaluate.enabled=false", "validate.max_fcd_ratio=2", "validate.min_coverage=0.1"],
-     "config keys 'validate.max_fcd_ratio', 'validate.min_coverage': cannot be measured under this config; "
-     "needs evaluate.enabled=true"),
-    (["validate.min_label_agreement=0.5"], "'validate.min_label_agreement': cannot be measured under this config; "
-     "needs model.conditional=true"),
+     ("config keys 'validate.max_fcd_ratio', 'validate.min_coverage': cannot be measured under this config; "
+      "needs evaluate.enabled=true")),
+    (["validate.min_label_agreement=0.5"],
+     "'validate.min_label_agreement': cannot be measured under this config; needs model.conditional=true"),
 ])
 def test_config_errors_name_the_key(overrides, expected):
     with pytest.raises(UserError) as info:
