@@ -33,6 +33,9 @@ def ingest(config: dict[str, Any], run_id: str) -> dict[str, Any]:
         dataset = MetaDataset(source, name=train.source, digest=sha[:16])
         mlflow.log_input(dataset, context="training")
         mlflow.set_tags({"data_sha256": sha, "data_source": train.source})
+        if train.notes:
+            # Not refusals: the content passed its checks, and data_sha256 names what was used.
+            mlflow.set_tag("data_note", "; ".join(train.notes))
         mlflow.log_metrics({"data_train_examples": len(train), "data_val_examples": len(val)})
     c, h, w = train.shape
     return {"snapshot": str(path), "sha256": sha, "n_train": len(train), "n_val": len(val),

@@ -65,8 +65,9 @@ def log_sampler(model: VAE) -> str:
     # does not accept (lists), and logs a long warning; the pt2 export itself checks the example.
     logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as folder:
+        # Explicit: the default depends on the MLflow version and on Databricks, and may be pickle.
         info = mlflow.pytorch.log_model(
-            Sampler.of(model), name="model", input_example=example, signature=signature,
+            Sampler.of(model), name="model", input_example=example, signature=signature, serialization_format="pt2",
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             extra_files=[str(save_sampler(model, Path(folder) / SAMPLER_FILE))],
             metadata={**cfg.to_dict(), "input": "standard-normal noise (latent_dim, times the temperature), "

@@ -123,6 +123,13 @@ def test_generation_loads_the_versions_weights_which_match_its_exported_program(
         assert torch.allclose(sampler(inputs), exported(inputs), atol=1e-6)
 
 
+def test_the_registered_model_is_a_torch_export_program_not_a_pickle(models):
+    local = Path(mlflow.artifacts.download_artifacts(models["plain"]))
+    files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+    assert "data/model.pt2" in files
+    assert not files & {"data/model.pth", "data/pickle_module_info.txt"}
+
+
 def test_generate_and_a_plain_pyfunc_client_draw_the_same_samples(prefect_server, models, tmp_path):
     """The fitted prior is inside the registered program: fed the inputs `generate` draws for a
     seed, plain MLflow returns the pixels `generate` wrote, for both kinds of model."""

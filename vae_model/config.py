@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from vae_model.errors import UserError
 
@@ -136,6 +144,16 @@ class TrackingConfig(_Section):
         return value
 
 
+_SAMPLE_GATES = ("max_exact_copy_rate", "max_fcd", "max_fcd_ratio", "min_precision", "min_recall",
+                 "min_coverage", "max_dcr_train_share", "min_label_agreement")
+
+
+def _unmeasurable(fields: list[str], needs: str) -> None:
+    keys = ", ".join(f"'validate.{name}'" for name in fields)
+    raise PydanticCustomError("unmeasurable_gate", "config key{s} {keys}: cannot be measured under this config; needs {needs}",
+                              {"s": "s" if len(fields) > 1 else "", "keys": keys, "needs": needs})
+
+
 class PipelineConfig(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -148,6 +166,21 @@ class PipelineConfig(_Section):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
+    @model_validator(mode="after")
+    def _gates_can_be_measured(self) -> PipelineConfig:
+        # A threshold on a figure the run never computes would pass or fail by accident: say so
+        # before anything runs, naming the key that would measure it.
+        v = self.validate_
+        if v.max_iw_nll is not None and v.iw_samples == 0:
+            _unmeasurable(["max_iw_nll"], "validate.iw_samples > 0, which measures the IW NLL (got 0)")
+        sample_gates = [name for name in _SAMPLE_GATES if getattr(v, name) is not None]
+        if sample_gates and not self.evaluate.enabled:
+            _unmeasurable(sample_gates, "evaluate.enabled=true, the step that measures the samples (got false)")
+        if v.min_label_agreement is not None and not self.model.conditional:
+            _unmeasurable(["min_label_agreement"], "model.conditional=true, as only a conditional model's "
+                          "samples have labels to agree with (got false)")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
 
@@ -157,6 +190,8 @@ class PipelineConfig(_Section):
 
 def _describe(error: dict[str, Any], source: str) -> str:
     key = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "unmeasurable_gate":
+        return f"{source}: {error['msg']}"
     if error["type"] == "extra_forbidden":
         return f"{source}: unknown config key '{key}'"
     shown = "<hidden>" if key == "tracking.uri" else repr(error.get("input"))

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch.nn import functional as F
 
-from vae_model.model import VAE, reparameterize
+from vae_model.model import VAE
 
 
 class ElboTerms(NamedTuple):
@@ -81,8 +81,10 @@ def iw_log_likelihood(
 ) -> torch.Tensor:
     """Importance-weighted bound on log p(x) with k samples per example (Burda et al., 2016).
 
-    Samples are drawn `chunk` at a time and combined with a running logsumexp, so memory is
+    Samples are evaluated `chunk` at a time and combined with a running logsumexp, so memory is
     bounded by batch x chunk whatever k is. With k = 1 this is the ELBO in expectation.
+    The noise is drawn one importance sample at a time, so a generator seeded alike gives the
+    same bound whatever `chunk` is (one draw of a chunk's shape would split the stream differently).
     """
     mu, logvar = model.encode(x, y)
     std = torch.exp(0.5 * logvar)
@@ -91,7 +93,9 @@ def iw_log_likelihood(
     done = 0
     while done < k:
         n = min(chunk, k - done)
-        z = reparameterize(mu.unsqueeze(0).expand(n, *mu.shape), logvar.unsqueeze(0).expand(n, *mu.shape), generator)
+        eps = torch.stack([torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+                           for _ in range(n)])
+        z = mu + eps * std
         zf = z.reshape(-1, z.shape[-1])
         yf = None if y is None else y.repeat(n)
         logits = model.decode(zf, yf)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 from pathlib import Path
 
@@ -43,6 +44,30 @@ def mnist_folder(root: Path, truncate: str | None = None, corrupt: str | None = 
             target.write_bytes(b"not a gzip file at all")
         else:
             target.symlink_to(source)
+    return root
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """IDX as MNIST publishes it: magic (uint8, number of dimensions), big-endian sizes, values."""
+    sizes = b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    return bytes([0, 0, 8, array.ndim]) + sizes + array.astype(np.uint8).tobytes()
+
+
+def idx_folder(root: Path, compress: int | None = 9, counts=(5, 3), replace: dict | None = None) -> Path:
+    """A tiny synthetic MNIST layout: random 28x28 images and labels 0..9, gzipped at level
+    `compress` or plain; `replace` swaps a file (named without .gz) for an array or raw bytes."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, n in zip(("train", "t10k"), counts, strict=True):
+        files = {f"{prefix}-images-idx3-ubyte": rng.integers(0, 256, (n, 28, 28)),
+                 f"{prefix}-labels-idx1-ubyte": rng.integers(0, 10, n)}
+        files.update({k: v for k, v in (replace or {}).items() if k in files})
+        for name, value in files.items():
+            data = value if isinstance(value, bytes) else idx_bytes(value)
+            if compress is None:
+                (root / name).write_bytes(data)
+            else:
+                (root / f"{name}.gz").write_bytes(gzip.compress(data, compresslevel=compress, mtime=0))
     return root
 
 

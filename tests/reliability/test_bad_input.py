@@ -17,25 +17,70 @@ from mlflow import MlflowClient
 
 from tests.conftest import TINY
 from tests.reliability import corpus
-from vae_model.config import DataConfig, load_config
+from vae_model.config import _SAMPLE_GATES, DataConfig, ValidateConfig, load_config
 from vae_model.data import load_source
 from vae_model.errors import UserError
+from vae_model.gate import gate_decision
 
 
 def _case_truncated_gz(tmp: Path):
     return {"kind": "mnist", "path": str(corpus.mnist_folder(tmp / "m", truncate="train-images-idx3-ubyte.gz"))}, [
-        "train-images-idx3-ubyte.gz", "md5"]
+        "train-images-idx3-ubyte.gz", "truncated or corrupt gzip data"]
 
 
 def _case_corrupt_gz(tmp: Path):
     return {"kind": "mnist", "path": str(corpus.mnist_folder(tmp / "m", corrupt="t10k-labels-idx1-ubyte.gz"))}, [
-        "t10k-labels-idx1-ubyte.gz", "md5"]
+        "t10k-labels-idx1-ubyte.gz", "neither gzip data nor an IDX labels file"]
 
 
 def _case_missing_gz(tmp: Path):
     folder = corpus.mnist_folder(tmp / "m")
     (folder / "train-labels-idx1-ubyte.gz").unlink()
     return {"kind": "mnist", "path": str(folder)}, ["missing train-labels-idx1-ubyte.gz"]
+
+
+def _idx(tmp: Path, **kwargs) -> dict:
+    return {"kind": "mnist", "path": str(corpus.idx_folder(tmp / "m", **kwargs))}
+
+
+def _case_idx_truncated(tmp: Path):
+    whole = corpus.idx_bytes(np.zeros((5, 28, 28)))
+    return _idx(tmp, compress=None, replace={"train-images-idx3-ubyte": whole[:-100]}), [
+        "train-images-idx3-ubyte:", "truncated or corrupt IDX data"]
+
+
+def _case_idx_truncated_gz(tmp: Path):
+    settings = _idx(tmp)
+    path = Path(settings["path"], "t10k-images-idx3-ubyte.gz")
+    path.write_bytes(path.read_bytes()[:-20])
+    return settings, ["t10k-images-idx3-ubyte.gz", "truncated or corrupt gzip data"]
+
+
+def _case_idx_wrong_magic(tmp: Path):
+    labels_in_place_of_images = corpus.idx_bytes(np.zeros(3))
+    return _idx(tmp, replace={"t10k-images-idx3-ubyte": labels_in_place_of_images}), [
+        "t10k-images-idx3-ubyte.gz", "not an IDX images file", "magic number 00000801"]
+
+
+def _case_idx_count_mismatch(tmp: Path):
+    return _idx(tmp, replace={"train-labels-idx1-ubyte": np.zeros(4)}), [
+        "train-labels-idx1-ubyte.gz", "4 labels for the 5 images"]
+
+
+def _case_idx_label_out_of_range(tmp: Path):
+    return _idx(tmp, compress=None, replace={"t10k-labels-idx1-ubyte": np.array([3, 1, 12])}), [
+        "t10k-labels-idx1-ubyte", "item 2", "label 12", "outside 0..9"]
+
+
+def _case_idx_wrong_image_size(tmp: Path):
+    return _idx(tmp, replace={"train-images-idx3-ubyte": np.zeros((5, 32, 32))}), [
+        "train-images-idx3-ubyte.gz", "images are 32x32, expected 28x28"]
+
+
+def _case_idx_missing(tmp: Path):
+    settings = _idx(tmp, compress=None)
+    Path(settings["path"], "train-labels-idx1-ubyte").unlink()
+    return settings, ["missing train-labels-idx1-ubyte.gz", "gz or uncompressed"]
 
 
 def _case_corrupt_image(tmp: Path):
@@ -181,12 +226,38 @@ def test_mixed_folder_is_converted_when_the_config_asks(tmp_path):
     (["data.kind=csv"], "data.kind"),
     (["tracking.uri=postgresql://me:secret@db/mlflow"], "embeds a password"),
     (["train.epochs"], "expected KEY=VALUE"),
+    (["validate.max_iw_nll=90"],
+     "config key 'validate.max_iw_nll': cannot be measured under this config; needs validate.iw_samples > 0"),
+    (["evaluate.enabled=false", "validate.max_fcd_ratio=2", "validate.min_coverage=0.1"],
+     ("config keys 'validate.max_fcd_ratio', 'validate.min_coverage': cannot be measured under this config; "
+      "needs evaluate.enabled=true")),
+    (["validate.min_label_agreement=0.5"],
+     "'validate.min_label_agreement': cannot be measured under this config; needs model.conditional=true"),
 ])
 def test_config_errors_name_the_key(overrides, expected):
     with pytest.raises(UserError) as info:
         load_config(None, overrides)
     assert expected in str(info.value)
     assert "secret" not in str(info.value)
+
+
+@pytest.mark.parametrize("gate", _SAMPLE_GATES)
+def test_each_sample_gate_needs_the_evaluate_step(gate):
+    measured = [f"validate.{gate}=0.5", "model.conditional=true"]
+    assert getattr(load_config(None, measured).validate_, gate) == 0.5
+    with pytest.raises(UserError) as info:
+        load_config(None, [*measured, "evaluate.enabled=false"])
+    assert f"'validate.{gate}'" in str(info.value) and "evaluate.enabled=true" in str(info.value)
+
+
+def test_the_iw_gate_is_measured_or_fails_never_skipped():
+    assert load_config(None, ["validate.max_iw_nll=90", "validate.iw_samples=5"]).validate_.max_iw_nll == 90
+    cfg = ValidateConfig(max_iw_nll=90, iw_samples=5)
+    base = {"heldout_elbo": -80.0, "heldout_bits_per_dim": 0.2}
+    assert gate_decision({**base, "val_iw_nll": 85.0}, cfg)["passed"]
+    assert not gate_decision({**base, "val_iw_nll": 95.0}, cfg)["passed"]
+    missing = gate_decision(base, cfg)
+    assert not missing["passed"] and "IW NLL not measured" in missing["message"]
 
 
 def _assert_clean_failure(code: int, out: str, workdir: Path, *fragments: str) -> None:
@@ -206,11 +277,18 @@ def _run(cli, *settings: str):
     return cli("run", *[a for s in [*TINY, *settings] for a in ("--set", s)])
 
 
-@pytest.mark.parametrize("case", ["truncated_gz", "corrupt_image", "nan", "label_out_of_range", "one_example"])
+@pytest.mark.parametrize("case", ["idx_truncated", "corrupt_image", "nan", "label_out_of_range", "one_example"])
 def test_bad_source_through_the_command(case, cli, workdir):
     settings, expected = SOURCE_CASES[case](workdir)
     code, out = _run(cli, *[f"data.{k}={v}" for k, v in settings.items()])
     _assert_clean_failure(code, out, workdir, *expected)
+
+
+def test_a_threshold_the_config_cannot_measure_exits_2_before_anything_runs(cli, workdir):
+    code, out = _run(cli, "validate.max_iw_nll=90")
+    assert code == 2
+    _assert_clean_failure(code, out, workdir, "'validate.max_iw_nll'", "needs validate.iw_samples > 0")
+    assert not (workdir / "mlflow.db").exists()
 
 
 def test_conditional_model_without_labels(cli, workdir):

@@ -16,6 +16,8 @@ class ImageData:
     images: np.ndarray
     labels: np.ndarray | None
     source: str
+    # Facts about the input worth recording but not refusing, e.g. a file that is not the published one.
+    notes: tuple[str, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -30,7 +32,7 @@ class ImageData:
 
     def subset(self, index: np.ndarray) -> ImageData:
         labels = None if self.labels is None else self.labels[index]
-        return ImageData(self.images[index], labels, self.source)
+        return ImageData(self.images[index], labels, self.source, self.notes)
 
     def check(self, min_examples: int = 1, num_classes: int | None = None) -> ImageData:
         """Raise a UserError naming the source when the arrays are not a usable image dataset."""

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vae_model.config import DataConfig
+from vae_model.data import idx
 from vae_model.data.dataset import ImageData, split_by_seed
 from vae_model.errors import UserError
 
@@ -41,37 +40,44 @@ def _torchvision_mnist(cfg: DataConfig) -> tuple[ImageData, ImageData]:
     from torchvision import datasets
 
     cls = datasets.MNIST if cfg.kind == "mnist" else datasets.FashionMNIST
-    from torchvision.datasets.utils import check_integrity
-
-    files = {url.rsplit("/", 1)[-1]: md5 for url, md5 in cls.resources}
-    with tempfile.TemporaryDirectory(prefix="vae-mnist-") as root:
-        if cfg.path is not None:
-            source = Path(cfg.path)
-            missing = [f for f in files if not (source / f).is_file()]
-            if missing:
-                raise UserError(f"{source}: missing {', '.join(missing)} (the original {cls.__name__} gz files)")
-            # Checked here so that a bad local file is reported, not re-downloaded by torchvision.
-            for name, md5 in files.items():
-                if not check_integrity(str(source / name), md5):
-                    raise UserError(f"{source / name}: md5 is not {md5}; truncated, corrupt or not the original file")
-            # torchvision verifies the md5 of gz files it finds in root/<Class>/raw and only
-            # extracts them, so links to a read-only folder make an offline, checked load.
-            raw = Path(root, cls.__name__, "raw")
-            raw.mkdir(parents=True)
-            for name in files:
-                os.symlink((source / name).resolve(), raw / name)
-        download_root = root if cfg.path is not None else str(Path.home() / ".cache" / "vae-pipeline")
-        try:
-            splits = [cls(download_root, train=train, download=True) for train in (True, False)]
-        except RuntimeError as exc:
-            where = cfg.path or download_root
-            raise UserError(f"{where}: {cls.__name__} files failed verification ({exc})") from None
-        except (OSError, EOFError) as exc:
-            raise UserError(f"{cfg.path or download_root}: cannot read {cls.__name__} ({exc})") from None
-    name = f"{cfg.kind}:{cfg.path or 'download'}"
+    if cfg.path is not None:
+        return _local_mnist(cfg, cls)
+    download_root = str(Path.home() / ".cache" / "vae-pipeline")
+    try:
+        splits = [cls(download_root, train=train, download=True) for train in (True, False)]
+    except RuntimeError as exc:
+        raise UserError(f"{download_root}: {cls.__name__} files failed verification ({exc})") from None
+    except (OSError, EOFError) as exc:
+        raise UserError(f"{download_root}: cannot read {cls.__name__} ({exc})") from None
+    name = f"{cfg.kind}:download"
     return tuple(  # type: ignore[return-value]
         ImageData(s.data.numpy()[:, None].copy(), s.targets.numpy().astype(np.int64), name) for s in splits
     )
+
+
+def _local_mnist(cfg: DataConfig, cls) -> tuple[ImageData, ImageData]:
+    """Read a folder of the four files, never downloading; the published md5s become a note."""
+    source = Path(cfg.path)
+    published = {url.rsplit("/", 1)[-1]: md5 for url, md5 in cls.resources}
+    found = {name: idx.find(source, name) for name in published}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        raise UserError(
+            f"{source}: missing {', '.join(missing)} (the {cls.__name__} IDX files, gz or uncompressed)"
+        )
+    name = f"{cfg.kind}:{cfg.path}"
+    splits, stored_md5 = [], {}
+    for prefix in ("train", "t10k"):
+        images, labels, md5s = idx.read_pair(found[f"{prefix}-images-idx3-ubyte.gz"],
+                                             found[f"{prefix}-labels-idx1-ubyte.gz"])
+        splits.append((images, labels))
+        stored_md5.update(md5s)
+    differing = [path.name for gz, path in found.items() if stored_md5[path] != published[gz]]
+    note = f"md5 of all four files matches the published {cls.__name__} gz files"
+    if differing:
+        note = (f"md5 differs from the published {cls.__name__} gz files for {', '.join(differing)} (a re-compressed "
+                "or uncompressed copy, or other data; its IDX content passed the checks)")
+    return tuple(ImageData(x, y, name, notes=(note,)) for x, y in splits)  # type: ignore[return-value]
 
 
 def _decode(data: bytes | Path, where: str) -> Image.Image:
