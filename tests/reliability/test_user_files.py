@@ -1,5 +1,5 @@
 """The tool deletes only what it wrote: a user's files beside, above or inside an output survive
-`generate --overwrite`, and a folder that is not the tool's output is refused."""
+`run` and `generate --overwrite`, and a folder that is not the tool's output is refused."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from flows.generate import generate
 from flows.train import log_sampler
+from tests.conftest import TINY
 from vae_model.config import DataConfig, ModelConfig, TrainConfig
 from vae_model.data import load_source
 from vae_model.errors import UserError
@@ -48,6 +49,36 @@ def store(tmp_path_factory):
     with mlflow.start_run(experiment_id=experiment):
         mlflow.register_model(f"models:/{log_sampler(model)}", "plain")
     return uri
+
+
+def test_run_into_the_working_directory_keeps_every_foreign_file(cli, workdir):
+    """The reported case: `--set generate.out_dir=.` in a folder holding the user's files."""
+    planted = _plant(workdir, "precious.txt", "notes/a.txt", "vae-digits/readme.txt")
+    args = [a for s in [*TINY, "generate.out_dir=."] for a in ("--set", s)]
+    code, out = cli("run", *args)
+    assert code == 0, out
+    assert _survived(workdir, planted) and (workdir / "mlflow.db").is_file()
+    samples = workdir / "vae-digits" / "v1"
+    assert json.loads((samples / "manifest.json").read_text())["model_version"] == "1"
+    written = _tree(samples)
+
+    # A retrain, with the user's file now inside the samples: nothing of theirs or of v1's goes.
+    planted |= _plant(workdir, "vae-digits/v1/mine.txt")
+    code, out = cli("run", *args)
+    assert code == 0, out
+    assert _survived(workdir, planted) and (workdir / "mlflow.db").is_file()
+    assert _tree(samples) == {**written, "mine.txt": planted["vae-digits/v1/mine.txt"]}
+    champion = MlflowClient().get_model_version_by_alias("vae-digits", "champion").version
+    assert (workdir / "vae-digits" / f"v{champion}" / "manifest.json").is_file()
+
+    # `generate --overwrite` into a folder that is not the tool's output: one line, nothing changed.
+    for folder in (".", "notes"):
+        code, out = cli("generate", "--model", "models:/vae-digits@champion", "--num-samples", "5",
+                        "--out", folder, "--overwrite")
+        errors = [line for line in out.splitlines() if line.startswith("error:")]
+        assert code != 0 and len(errors) == 1 and "Traceback" not in out, out
+        assert f"{folder}: not empty and not an output of vae-pipeline generate" in errors[0]
+    assert _survived(workdir, planted)
 
 
 def test_a_foreign_folder_is_refused_with_or_without_overwrite(prefect_server, store, tmp_path, monkeypatch):
