@@ -91,7 +91,8 @@ def run(
         typer.echo(result["samples_quality"])
         typer.echo(result["evaluation"])
     typer.echo(f"registered {model['name']} version {model['version']} as {model['uri']}: {model['decision']}")
-    typer.echo(f"wrote {samples['rows']} samples to {samples['out_dir']} (manifest: {samples['manifest']})")
+    typer.echo(f"wrote {samples['rows']} samples of the champion, {model['name']} version {samples['model_version']}, "
+               f"to {samples['out_dir']} (manifest: {samples['manifest']})")
     typer.echo(f"MLflow run {result['run_id']}")
 
 

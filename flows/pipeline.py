@@ -7,6 +7,7 @@ exactly as the ELBO gate does.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -46,9 +47,12 @@ def pipeline(config: dict[str, Any]) -> dict[str, Any]:
                 return Failed(message=quality["message"])
         model = register(config, data, trained, report)
         # Synthetic data always comes from the champion, which a weaker challenger leaves in place.
+        # Each version gets its own folder, so a retrain never replaces samples someone is reading;
+        # the version is pinned, so a concurrent promotion cannot put another's samples there.
+        name, version = model["name"], model["champion_version"]
         samples = generate(
-            model["champion_uri"], cfg.generate.num_samples, cfg.generate.out_dir, seed=cfg.generate.seed,
-            formats=cfg.generate.formats, shard_size=cfg.generate.shard_size, overwrite=True,
+            f"models:/{name}/{version}", cfg.generate.num_samples, str(Path(cfg.generate.out_dir) / name / f"v{version}"),
+            seed=cfg.generate.seed, formats=cfg.generate.formats, shard_size=cfg.generate.shard_size,
             tracking_uri=cfg.tracking.uri, dask_address=cfg.generate.dask_address,
             dask_workers=cfg.generate.dask_workers, temperature=cfg.generate.temperature,
         )

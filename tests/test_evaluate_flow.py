@@ -48,11 +48,11 @@ def test_pipeline_records_the_report_and_the_cli_evaluates_the_generated_folder(
     markdown = Artifact.get("evaluation")
     assert markdown is not None and "Fréchet classifier distance" in markdown.data
 
-    code, out = cli("evaluate", "--samples", "outputs/samples", "--set", "evaluate.classifier_steps=200")
+    code, out = cli("evaluate", "--samples", "outputs/samples/vae-digits/v1", "--set", "evaluate.classifier_steps=200")
     assert code == 0, out
     result = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
     evaluated = client.get_run(result["run_id"])
-    assert evaluated.data.tags["evaluated_model"] == "models:/vae-digits@champion"
+    assert evaluated.data.tags["evaluated_model"] == "models:/vae-digits/1"
     assert evaluated.data.tags["data_sha256"] == run.data.tags["data_sha256"]
     assert evaluated.data.metrics["eval_n_synthetic"] == 40
     assert result["synthetic"]["exact_copy_rate"] == evaluated.data.metrics["eval_exact_copy_rate"]

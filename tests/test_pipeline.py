@@ -46,9 +46,11 @@ def test_default_chain_trains_gates_registers_and_generates(cli, workdir):
     assert float(version.tags["heldout_elbo"]) == run.data.metrics["heldout_elbo"]
     assert len(version.tags["data_sha256"]) == 64 and len(version.tags["config_sha256"]) == 64
 
-    out_dir = workdir / "outputs" / "samples"
+    out_dir = workdir / "outputs" / "samples" / "vae-digits" / f"v{version.version}"
     manifest = json.loads((out_dir / "manifest.json").read_text())
     assert manifest["model_version"] == str(version.version) and manifest["seed"] == 0
+    assert manifest["model_uri"] == f"models:/vae-digits/{version.version}"
+    assert f"samples of the champion, vae-digits version {version.version}, to {out_dir.resolve()}" in out
     for entry in manifest["files"]:
         assert sha256_file(out_dir / entry["path"]) == entry["sha256"], entry["path"]
     table = pq.read_table(out_dir / "part-00000.parquet")
@@ -118,7 +120,7 @@ def test_unknown_and_ill_typed_keys_are_named(cli, workdir):
 
 def test_samples_decode_back_to_digit_like_images(cli, workdir):
     assert _run(cli)[0] == 0
-    table = _samples(workdir / "outputs" / "samples")
+    table = _samples(workdir / "outputs" / "samples" / "vae-digits" / "v1")
     pixels = np.frombuffer(b"".join(table.column("pixels").to_pylist()), np.uint8).reshape(-1, 8, 8)
     # The digits are dark backgrounds with bright strokes: samples should share that contrast.
     assert pixels.mean() < 128 and pixels.max() > 128

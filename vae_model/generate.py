@@ -18,7 +18,6 @@ import contextlib
 import json
 import multiprocessing
 import os
-import shutil
 import threading
 import time
 from collections import deque
@@ -35,6 +34,7 @@ import torch
 from vae_model import __version__
 from vae_model.atomic import sha256_file, write_json
 from vae_model.errors import UserError
+from vae_model.own_files import remove_own_files
 from vae_model.sample_files import parquet_shard, save_preview, write_pngs
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
@@ -340,20 +340,36 @@ def sample_model(model: torch.nn.Module, request: Request, out_dir: str | Path) 
     return out
 
 
+# Keys that mark a `request.json` or `manifest.json` as this tool's.
+MARKER_KEYS = frozenset({"model_uri", "model_name", "model_version", "num_samples", "seed", "shard_size", "tool_version"})
+
+
+def previous_request(out: Path) -> dict[str, Any] | None:
+    """The request whose output `out` holds, from `.shards/request.json` or else `manifest.json`;
+    None when neither is this tool's (the folder is someone else's)."""
+    for path, extra in ((out / ".shards" / "request.json", set()), (out / "manifest.json", {"files", "shards"})):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        if isinstance(data, dict) and MARKER_KEYS | extra <= data.keys():
+            return {key: data.get(key) for key in Request.__dataclass_fields__}
+    return None
+
+
 def prepare_output(out_dir: str | Path, request: Request, overwrite: bool) -> Path:
-    """Create or reuse `out_dir`: the same request resumes, another one is refused unless overwrite."""
+    """Create or reuse `out_dir`: the same request resumes; another request's output is refused,
+    or with `overwrite` its files (and only they) are deleted; any other non-empty folder is refused."""
     out = Path(out_dir)
     record = out / ".shards" / "request.json"
-    if out.exists() and any(out.iterdir()):
-        same = record.exists() and json.loads(record.read_text()) == request.to_dict()
-        if not same and not overwrite:
-            raise UserError(f"{out}: not empty and holds another request's output; pass --overwrite to replace it")
-        if same:
-            # Temporary files of a killed run; the shards they belonged to are made again.
-            for stale in out.rglob(".*.tmp"):
-                stale.unlink(missing_ok=True)
-        else:
-            shutil.rmtree(out)
+    if out.is_dir() and any(out.iterdir()):
+        previous = previous_request(out)
+        if previous is None:
+            raise UserError(f"{out}: not empty and not an output of vae-pipeline generate; choose a new or empty folder")
+        if previous != request.to_dict() and not overwrite:
+            raise UserError(f"{out}: not empty and holds another request's output; pass --overwrite to replace it, or choose another folder")
+        # Same request: only the temporary files of a killed run go, their shards are made again.
+        remove_own_files(out, temporary_only=previous == request.to_dict())
     try:
         (out / ".shards").mkdir(parents=True, exist_ok=True)
     except OSError as exc:

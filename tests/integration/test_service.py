@@ -193,7 +193,7 @@ def test_retrain_and_generate_deployments_on_real_servers(databases, tmp_path):
             mlflow = MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)
             assert str(mlflow.get_model_version_by_alias("vae-digits", "champion").version) == "1"
             assert str(mlflow.get_model_version_by_alias("vae-digits", "challenger").version) == "1"
-            assert json.loads((work / "outputs" / "samples" / "manifest.json").read_text())["model_version"] == "1"
+            assert json.loads((work / "outputs" / "samples" / "vae-digits" / "v1" / "manifest.json").read_text())["model_version"] == "1"
             assert list((tmp_path / "artifacts").rglob("weights.pt")), "artifacts go through the server's proxy"
 
             gen = run_deployment("generate/generate", timeout=0, parameters={
