@@ -109,7 +109,7 @@ def register(config: dict[str, Any], data: dict[str, Any], trained: dict[str, An
     client = MlflowClient()
     model_id = trained["model_id"]
     run_id = mlflow.get_logged_model(model_id).source_run_id
-    with tracking.decision_lock(mlflow.get_tracking_uri(), name):
+    with tracking.decision_lock(mlflow.get_registry_uri(), name):
         existing = _registered(client, name, model_id, run_id)
         incumbent = _current_champion(client, name, champ_alias)
         if existing is not None and "champion_decision" in existing.tags:
