@@ -56,28 +56,21 @@ def _markdown(name: str, version: str, old: str | None, scores: dict[str, float 
     )
 
 
-@task(name="register", **network(timeout_s=600))
-def register(config: dict[str, Any], data: dict[str, Any], trained: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
-    """Register the gated model as challenger; promote it to champion if it beats the champion."""
-    tracking.use(config["tracking"])
-    cfg = PipelineConfig.model_validate(config)
-    name, champ_alias, chall_alias = cfg.register_.model_name, cfg.register_.alias, cfg.register_.challenger_alias
-    client = MlflowClient()
-    run_id = mlflow.get_logged_model(trained["model_id"]).source_run_id
-    tags = {
-        "heldout_elbo": repr(report["heldout_elbo"]),
-        "data_sha256": data["sha256"],
-        "config_sha256": cfg.sha256(),
-        "validation_status": "passed",
-        "weights_uri": champion.log_weights(trained["checkpoint"], run_id),
-    }
-    if commit := tracking.git_commit():
-        tags["git_commit"] = commit
-    version = str(mlflow.register_model(f"models:/{trained['model_id']}", name, tags=tags).version)
-    client.set_registered_model_alias(name, chall_alias, version)
+def _registered(client: MlflowClient, name: str, model_id: str, run_id: str):
+    """The version an earlier attempt of this step registered for this logged model, or None."""
+    for version in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+        if version.model_id == model_id or version.source == f"models:/{model_id}":
+            return version
+    return None
 
-    incumbent = _current_champion(client, name, champ_alias)
-    scores: dict[str, float | None] = {"challenger": champion.score(load_model(trained["checkpoint"]), data["snapshot"], cfg), "champion": None}
+
+def _float(tag: str) -> float | None:
+    return None if tag == "n/a" else float(tag)
+
+
+def _compare(incumbent, checkpoint: str, data: dict[str, Any], cfg: PipelineConfig) -> dict[str, str]:
+    """Score the challenger and the champion on this snapshot's held-out split: the decision as tags."""
+    scores: dict[str, float | None] = {"challenger": champion.score(load_model(checkpoint), data["snapshot"], cfg), "champion": None}
     why_not = None
     if incumbent is not None:
         if "weights_uri" not in incumbent.tags:
@@ -88,23 +81,67 @@ def register(config: dict[str, Any], data: dict[str, Any], trained: dict[str, An
             if why_not is None:
                 scores["champion"] = champion.score(old, data["snapshot"], cfg)
     promoted, reason = decide(scores["challenger"], scores["champion"], cfg.register_.min_improvement, why_not)
-    if promoted:
-        client.set_registered_model_alias(name, champ_alias, version)
-    old_version = None if incumbent is None else str(incumbent.version)
-    decision_tags = {
+    return {
         "champion_decision": "promoted" if promoted else "kept",
         "champion_decision_reason": reason,
         "challenger_heldout_elbo": repr(scores["challenger"]),
         "champion_heldout_elbo": repr(scores["champion"]) if scores["champion"] is not None else "n/a",
-        "compared_with_version": old_version or "none",
+        "compared_with_version": "none" if incumbent is None else str(incumbent.version),
         "compared_on_data_sha256": data["sha256"],
         "min_improvement": repr(cfg.register_.min_improvement),
     }
-    for key, value in decision_tags.items():
-        client.set_model_version_tag(name, version, key, value)
+
+
+def _outcome(tags: dict[str, str], version: str, incumbent) -> tuple[bool, str]:
+    """Promote as the decision says, unless (on a retry) another version became champion since."""
+    if incumbent is not None and str(incumbent.version) not in (tags["compared_with_version"], version):
+        return False, f"kept: v{incumbent.version} became champion meanwhile"
+    return tags["champion_decision"] == "promoted", tags["champion_decision_reason"]
+
+
+@task(name="register", **network(timeout_s=600))
+def register(config: dict[str, Any], data: dict[str, Any], trained: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """Register the gated model as challenger; promote it to champion if it beats the champion.
+    Safe to retry: the version a failed attempt registered is found and finished, never duplicated."""
+    tracking.use(config["tracking"])
+    cfg = PipelineConfig.model_validate(config)
+    name, champ_alias, chall_alias = cfg.register_.model_name, cfg.register_.alias, cfg.register_.challenger_alias
+    client = MlflowClient()
+    model_id = trained["model_id"]
+    run_id = mlflow.get_logged_model(model_id).source_run_id
+    with tracking.decision_lock(mlflow.get_registry_uri(), name):
+        existing = _registered(client, name, model_id, run_id)
+        incumbent = _current_champion(client, name, champ_alias)
+        if existing is not None and "champion_decision" in existing.tags:
+            version, tags = str(existing.version), existing.tags
+        else:
+            # Every read that can fail (the checkpoint, the champion's weights in the artifact store)
+            # comes before the version exists, and the version is created with its decision in
+            # one call: a failed attempt leaves nothing half-registered behind.
+            tags = {
+                "heldout_elbo": repr(report["heldout_elbo"]),
+                "data_sha256": data["sha256"],
+                "config_sha256": cfg.sha256(),
+                "validation_status": "passed",
+                "weights_uri": champion.log_weights(trained["checkpoint"], run_id),
+                **({"git_commit": commit} if (commit := tracking.git_commit()) else {}),
+                **_compare(incumbent, trained["checkpoint"], data, cfg),
+            }
+            if existing is None:
+                version = str(mlflow.register_model(f"models:/{model_id}", name, tags=tags).version)
+            else:  # registered by an attempt from before the decision was written with the version
+                version = str(existing.version)
+                for key, value in tags.items():
+                    client.set_model_version_tag(name, version, key, value)
+        promoted, reason = _outcome(tags, version, incumbent)
+        client.set_registered_model_alias(name, chall_alias, version)
+        if promoted:
+            client.set_registered_model_alias(name, champ_alias, version)
+    old_version = None if tags["compared_with_version"] == "none" else tags["compared_with_version"]
+    scores = {"challenger": _float(tags["challenger_heldout_elbo"]), "champion": _float(tags["champion_heldout_elbo"])}
     create_markdown_artifact(_markdown(name, version, old_version, scores, promoted, reason),
                              key="champion-challenger", description="champion/challenger decision")
     alias = champ_alias if promoted else chall_alias
     return {"name": name, "version": version, "alias": alias, "uri": f"models:/{name}@{alias}",
-            "promoted": promoted, "champion_version": version if promoted else old_version,
+            "promoted": promoted, "champion_version": version if promoted else incumbent and str(incumbent.version),
             "champion_uri": f"models:/{name}@{champ_alias}", "decision": reason}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from filelock import FileLock
 from mlflow import MlflowClient
 
 from vae_model.config import TrackingConfig
@@ -25,6 +26,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 _answered: set[str] = set()
+_created: set[str] = set()
 
 
 def use(cfg: TrackingConfig | dict[str, Any]) -> None:
@@ -34,6 +36,33 @@ def use(cfg: TrackingConfig | dict[str, Any]) -> None:
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
     check_server(mlflow.get_tracking_uri())
+    create_store(mlflow.get_tracking_uri())
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def create_store(uri: str) -> None:
+    """Open a SQLite store once under a file lock: MLflow creates a new store's tables without one,
+    and two processes starting together in a fresh folder both try (`duplicate column name`)."""
+    path = sqlite_path(uri)
+    if path is None or uri in _created:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        client = MlflowClient(uri, uri)
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
+    _created.add(uri)
+
+
+def decision_lock(uri: str, name: str) -> contextlib.AbstractContextManager:
+    """Held while a champion is read, compared and replaced, so two challengers finishing together
+    decide one after the other: a file lock beside a SQLite store. A remote server has no shared
+    folder, and there the decision is not serialised yet (the last to finish sets the alias)."""
+    path = sqlite_path(uri)
+    return FileLock(f"{path}.{name}.lock") if path is not None else contextlib.nullcontext()
 
 
 def check_server(uri: str, timeout: float = 5.0) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
+from mlflow import MlflowClient
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 from prefect import task
@@ -36,10 +37,16 @@ def train(config: dict[str, Any], data: dict[str, Any], run_id: str) -> dict[str
     with tracking.resumed(config["tracking"], run_id):
         mlflow.log_params(tracking.flatten(config))
         mlflow.log_dict(config, "config.yaml")
-        result = fit(
-            vae_config(cfg.model, train_data), cfg.train, train_data, val_data, cfg.data.binarize, ckpt,
-            on_epoch=lambda epoch, m: mlflow.log_metrics({k: v for k, v in m.items() if k != "epoch"}, step=epoch),
-        )
+        # An epoch's metrics are logged after its checkpoint is saved: a run that has them is a
+        # retry, and resumes from the checkpoint it wrote itself whatever train.resume says.
+        logged = {m.step for m in MlflowClient().get_metric_history(run_id, "val_elbo")}
+        train_cfg = cfg.train.model_copy(update={"resume": True}) if logged else cfg.train
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            if epoch not in logged:  # a resumed epoch this run already logged
+                mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+
+        result = fit(vae_config(cfg.model, train_data), train_cfg, train_data, val_data, cfg.data.binarize, ckpt, on_epoch)
         mlflow.set_tag("resumed_from_epoch", str(result.resumed_from_epoch))
         model = result.model.cpu().eval()
         examples = held_out(val_data, torch.device("cpu"), cfg.data.binarize, seed=cfg.train.seed)
