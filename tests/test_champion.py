@@ -160,3 +160,14 @@ def test_a_grown_dataset_compares_on_rows_the_champion_never_trained_on(prefect_
     assert not third["model"]["promoted"] and v3.tags["compared_on_rows"] == "0"
     assert v3.tags["champion_heldout_elbo"] == "n/a" and "trained on" in v3.tags["champion_decision_reason"]
     assert str(MlflowClient().get_model_version_by_alias("vae-digits", "champion").version) == champion_before
+
+
+def test_a_version_without_its_row_list_falls_back_to_its_snapshot_else_unknown(tmp_path):
+    from vae_model.data import write_snapshot
+
+    train, val = load_source(DataConfig())
+    _, sha = write_snapshot(train, val, tmp_path)
+    rows = champion.training_rows({"data_sha256": sha}, str(tmp_path))
+    assert rows is not None and _keys(rows) == _keys(row_hashes(train))
+    assert champion.training_rows({"data_sha256": sha}, str(tmp_path / "elsewhere")) is None
+    assert champion.training_rows({}, str(tmp_path)) is None
