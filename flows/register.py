@@ -22,7 +22,7 @@ from flows import champion, tracking
 from flows.retry import network
 from vae_model.checkpoint import load_model
 from vae_model.config import PipelineConfig
-from vae_model.data import read_snapshot, row_hashes
+from vae_model.data import ImageData, read_snapshot, row_hashes
 
 
 def decide(challenger: float | None, incumbent: float | None, min_improvement: float, why_not: str | None = None) -> tuple[bool, str]:
@@ -63,10 +63,9 @@ def _markdown(name: str, version: str, old: str | None, scores: dict[str, float 
     )
 
 
-def _score_both(cfg: PipelineConfig, trained: dict[str, Any], snapshot: str, own_rows, incumbent):
+def _score_both(cfg: PipelineConfig, trained: dict[str, Any], val: ImageData, own_rows, incumbent):
     """Score the challenger, and the champion if it can be, on the held-out rows neither trained on.
     Returns the scores, the row counts and why the champion could not be scored (or None)."""
-    _, val = read_snapshot(snapshot)
     val_rows = row_hashes(val)
     compare = champion.unseen(val_rows, own_rows)
     rows = {"held_out": len(val), "champion_trained_on": 0}
@@ -105,7 +104,8 @@ def register(config: dict[str, Any], data: dict[str, Any], trained: dict[str, An
     name, champ_alias, chall_alias = cfg.register_.model_name, cfg.register_.alias, cfg.register_.challenger_alias
     client = MlflowClient()
     run_id = mlflow.get_logged_model(trained["model_id"]).source_run_id
-    own_rows = row_hashes(read_snapshot(data["snapshot"])[0])
+    train_data, val_data = read_snapshot(data["snapshot"])
+    own_rows = row_hashes(train_data)
     tags = {
         "heldout_elbo": repr(report["heldout_elbo"]),
         "data_sha256": data["sha256"],
@@ -120,7 +120,7 @@ def register(config: dict[str, Any], data: dict[str, Any], trained: dict[str, An
     client.set_registered_model_alias(name, chall_alias, version)
 
     incumbent = _current_champion(client, name, champ_alias)
-    scores, rows, why_not = _score_both(cfg, trained, data["snapshot"], own_rows, incumbent)
+    scores, rows, why_not = _score_both(cfg, trained, val_data, own_rows, incumbent)
     promoted, reason = decide(scores["challenger"], scores["champion"], cfg.register_.min_improvement, why_not)
     if promoted:
         client.set_registered_model_alias(name, champ_alias, version)
