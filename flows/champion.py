@@ -1,5 +1,6 @@
-"""Champion/challenger: the VAE's weights beside each registered version, and scoring any version
-on one held-out split, so that two models are compared on the same examples and the same noise."""
+"""Champion/challenger: the VAE's weights and training rows beside each registered version, and
+scoring any version on one set of held-out rows, so that two models are compared on the same
+examples and the same noise, and never on rows either of them trained on."""
 
 from __future__ import annotations
 
@@ -7,16 +8,18 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import torch
 from mlflow import MlflowClient
 
 from vae_model.checkpoint import load_checkpoint, load_model
 from vae_model.config import PipelineConfig
-from vae_model.data import read_snapshot
+from vae_model.data import ImageData, read_snapshot, row_hashes
 from vae_model.evaluate import evaluate_elbo, held_out
 from vae_model.model import VAE
 
 WEIGHTS_DIR = "vae"
+TRAIN_ROWS = "train_rows.npy"
 
 
 def log_weights(checkpoint: str, run_id: str) -> str:
@@ -36,9 +39,36 @@ def load_weights(uri: str) -> VAE:
         return load_model(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
 
 
-def incompatibility(model: VAE, snapshot: str) -> str | None:
-    """Why `model` cannot be scored on this snapshot's held-out split, or None."""
-    _, val = read_snapshot(snapshot)
+def log_training_rows(rows: np.ndarray, run_id: str) -> str:
+    """Log the content hashes (`row_hashes`) of the rows a model trained on; return the `runs:/` URI.
+    Kept with the run rather than left to the snapshot, which a later machine may not have."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / TRAIN_ROWS
+        np.save(path, rows, allow_pickle=False)
+        MlflowClient().log_artifact(run_id, str(path), WEIGHTS_DIR)
+    return f"runs:/{run_id}/{WEIGHTS_DIR}/{TRAIN_ROWS}"
+
+
+def training_rows(tags: dict[str, str], snapshot_dir: str) -> np.ndarray | None:
+    """The row hashes a registered version trained on: its `train_rows_uri` artifact, else (a version
+    registered before that tag) the train split of its snapshot, if that is still here; else None."""
+    if uri := tags.get("train_rows_uri"):
+        with tempfile.TemporaryDirectory() as tmp:
+            return np.load(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp), allow_pickle=False)
+    snapshot = Path(snapshot_dir) / f"{tags.get('data_sha256', '')[:16]}.parquet"
+    if "data_sha256" in tags and snapshot.is_file():
+        return row_hashes(read_snapshot(snapshot)[0])
+    return None
+
+
+def unseen(rows: np.ndarray, *trained_on: np.ndarray) -> np.ndarray:
+    """Mask of `rows` that are in none of the `trained_on` hash arrays."""
+    seen = {row.tobytes() for hashes in trained_on for row in hashes}
+    return np.array([row.tobytes() not in seen for row in rows], dtype=bool)
+
+
+def incompatibility(model: VAE, val: ImageData) -> str | None:
+    """Why `model` cannot be scored on these held-out rows, or None."""
     cfg = model.cfg
     if (cfg.channels, cfg.height, cfg.width) != tuple(val.shape):
         return f"it models {cfg.channels}x{cfg.height}x{cfg.width} images, the data is {'x'.join(map(str, val.shape))}"
@@ -47,9 +77,8 @@ def incompatibility(model: VAE, snapshot: str) -> str | None:
     return None
 
 
-def score(model: VAE, snapshot: str, config: PipelineConfig) -> float:
-    """Held-out ELBO (nats per example) the way the gate measures it: the snapshot's held-out split,
-    binarised and sampled with seeds from the current config, so every model sees the same draws."""
-    _, val = read_snapshot(snapshot)
+def score(model: VAE, val: ImageData, config: PipelineConfig) -> float:
+    """Held-out ELBO (nats per example) the way the gate measures it: binarised and sampled with
+    seeds from the current config, so every model scored on the same rows sees the same draws."""
     data = held_out(val, torch.device("cpu"), config.data.binarize, seed=config.train.seed + 1)
     return evaluate_elbo(model, data, 1024, seed=config.train.seed)["elbo"]

@@ -7,15 +7,17 @@ import pytest
 import torch
 
 from vae_model.config import DataConfig, EvaluateConfig
-from vae_model.data import load_source, split_by_seed
+from vae_model.data import split_by_seed
 from vae_model.data.dataset import ImageData
+from vae_model.data.sources import _digits
 from vae_model.metrics import evaluate_samples, fidelity
 
 
 @pytest.fixture(scope="module")
 def splits():
     """Digits in three real thirds: training, held-out, and a third one that stands for a perfect generator."""
-    train, rest = load_source(DataConfig(val_fraction=2 / 3, split_seed=0))
+    # Shuffled thirds, not load_source's hash split: the tolerances below were set on these rows.
+    train, rest = split_by_seed(_digits(DataConfig()), 2 / 3, 0)
     held, other = split_by_seed(rest, 0.5, 1)
     return train, held, other
 

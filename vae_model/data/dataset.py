@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,3 +68,33 @@ def split_by_seed(data: ImageData, val_fraction: float, seed: int) -> tuple[Imag
     n_val = min(max(1, round(n * val_fraction)), n - 1)
     order = np.random.default_rng(seed).permutation(n)
     return data.subset(np.sort(order[n_val:])), data.subset(np.sort(order[:n_val]))
+
+
+def row_hashes(data: ImageData) -> np.ndarray:
+    """sha256 of each row's shape, label (-1 when unlabelled) and pixels, shaped (N, 32) uint8: the
+    row's identity in any snapshot, whatever its position, so exact duplicates share it."""
+    images = np.ascontiguousarray(data.images)
+    labels = (data.labels if data.labels is not None else np.full(len(images), -1)).astype("<i8")
+    shape = repr(data.shape).encode()
+    out = np.empty((len(images), 32), np.uint8)
+    for i in range(len(images)):
+        out[i] = np.frombuffer(hashlib.sha256(shape + labels[i].tobytes() + images[i].tobytes()).digest(), np.uint8)
+    return out
+
+
+def split_by_hash(data: ImageData, val_fraction: float, seed: int) -> tuple[ImageData, ImageData]:
+    """Hold out the rows whose content hash, salted with `seed`, falls below `val_fraction`.
+
+    A row's side depends on the row alone, so rows keep their split as a dataset grows and a
+    model's held-out rows stay unseen by it in the next snapshot. When the hashes put every row on
+    one side, the row with the lowest (or highest) hash crosses over."""
+    data.check(min_examples=2)
+    salt = seed.to_bytes(16, "little", signed=True)
+    draws = np.array([int.from_bytes(hashlib.sha256(salt + row.tobytes()).digest()[:8], "little")
+                      for row in row_hashes(data)], dtype=np.float64) / 2.0**64
+    val = draws < val_fraction
+    if not val.any():
+        val[np.argmin(draws)] = True
+    if val.all():
+        val[np.argmax(draws)] = False
+    return data.subset(np.flatnonzero(~val)), data.subset(np.flatnonzero(val))

@@ -10,20 +10,21 @@ from PIL import Image, UnidentifiedImageError
 
 from vae_model.config import DataConfig
 from vae_model.data import idx
-from vae_model.data.dataset import ImageData, split_by_seed
+from vae_model.data.dataset import ImageData, split_by_hash
 from vae_model.errors import UserError
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def load_source(cfg: DataConfig) -> tuple[ImageData, ImageData]:
-    """Load the configured source; datasets with an official test split keep it as held-out."""
+    """Load the configured source; datasets with an official test split keep it as held-out, the
+    others are split row by row on content hashes (`split_by_hash`)."""
     if cfg.kind in ("mnist", "fashion_mnist"):
         train, val = _torchvision_mnist(cfg)
     else:
         loader = {"digits": _digits, "imagefolder": _imagefolder, "parquet": _parquet}[cfg.kind]
         data = loader(cfg).check(num_classes=cfg.num_classes)
-        train, val = split_by_seed(data, cfg.val_fraction, cfg.split_seed)
+        train, val = split_by_hash(data, cfg.val_fraction, cfg.split_seed)
     return train.check(num_classes=cfg.num_classes), val.check(num_classes=cfg.num_classes)
 
 
