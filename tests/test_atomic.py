@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from vae_model.atomic import AtomicFolder, atomic_path, write_json
+from vae_model.atomic import AtomicFolder
 
 
 @pytest.mark.parametrize("unnamed", [True, False], ids=["o_tmpfile", "named_tmp"])
@@ -26,26 +26,6 @@ def test_folder_writes_whole_files_and_leaves_no_temporaries(tmp_path, unnamed):
     assert all((tmp_path / f"{i:03d}.png").read_bytes() == bytes([i]) * (i * 1000) for i in range(50))
     assert (tmp_path / "b.png").read_bytes() == b"new"
     assert (tmp_path / "007.png").stat().st_mode & 0o777 == 0o666 & ~_umask()
-
-
-@pytest.mark.parametrize("mask", [0o022, 0o002])
-def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path, mask):
-    """Parquet shards, manifests, previews and checkpoints go through atomic_path: a temporary
-    file's 0600 must not survive the rename."""
-    previous = os.umask(mask)
-    try:
-        write_json(tmp_path / "manifest.json", {"a": 1})
-        with atomic_path(tmp_path / "part-00000.parquet") as tmp:
-            tmp.write_bytes(b"rows")
-        with open(tmp_path / "plain.txt", "w"):
-            pass
-    finally:
-        os.umask(previous)
-    plain = (tmp_path / "plain.txt").stat().st_mode & 0o777
-    assert plain == 0o666 & ~mask
-    for name in ("manifest.json", "part-00000.parquet"):
-        assert (tmp_path / name).stat().st_mode & 0o777 == plain, name
-    assert sorted(os.listdir(tmp_path)) == ["manifest.json", "part-00000.parquet", "plain.txt"]
 
 
 def _umask() -> int:
