@@ -73,3 +73,28 @@ def mnist_available() -> bool:
 
 
 needs_mnist = pytest.mark.skipif(not mnist_available(), reason=f"MNIST gz files not found in {MNIST_RAW}")
+
+
+def register_tiny_models(root: Path, specs: dict[str, bool], epochs: int = 2, hidden_dim: int = 32) -> str:
+    """Train tiny digits models (name -> conditional) and register each as version 1 with the
+    alias `champion` in a new SQLite store under `root`; returns the store URI."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from flows.train import log_sampler
+    from vae_model.config import DataConfig, ModelConfig, TrainConfig
+    from vae_model.data import load_source
+    from vae_model.train import train, vae_config
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    experiment = MlflowClient().create_experiment("tiny-models", artifact_location=str(root / "artifacts"))
+    train_data, val_data = load_source(DataConfig())
+    for name, conditional in specs.items():
+        model_cfg = vae_config(ModelConfig(latent_dim=4, hidden_dim=hidden_dim, conditional=conditional), train_data)
+        model = train(model_cfg, TrainConfig(epochs=epochs, progress=False), train_data, val_data).model.eval()
+        with mlflow.start_run(experiment_id=experiment):
+            version = mlflow.register_model(f"models:/{log_sampler(model)}", name)
+        MlflowClient().set_registered_model_alias(name, "champion", version.version)
+    return uri

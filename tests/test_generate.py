@@ -24,36 +24,18 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import torch
-from mlflow import MlflowClient
 
 import vae_model.generate as gen
 from flows.generate import generate
-from flows.train import log_sampler
-from vae_model.config import DataConfig, ModelConfig, TrainConfig
-from vae_model.data import load_source
+from tests.conftest import register_tiny_models
 from vae_model.errors import UserError
-from vae_model.train import train, vae_config
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Register an unconditional and a conditional tiny model; yield the store URI and model URIs."""
-    root = tmp_path_factory.mktemp("registry")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    experiment = MlflowClient().create_experiment("generate-tests", artifact_location=str(root / "artifacts"))
-    train_data, val_data = load_source(DataConfig())
-    uris = {"store": uri}
-    for name, conditional in (("plain", False), ("cond", True)):
-        model_cfg = vae_config(ModelConfig(latent_dim=4, hidden_dim=32, conditional=conditional), train_data)
-        model = train(model_cfg, TrainConfig(epochs=2, progress=False), train_data, val_data).model.eval()
-        with mlflow.start_run(experiment_id=experiment):
-            model_id = log_sampler(model)
-        version = mlflow.register_model(f"models:/{model_id}", name)
-        MlflowClient().set_registered_model_alias(name, "champion", version.version)
-        uris[name] = f"models:/{name}@champion"
-    return uris
+    uri = register_tiny_models(tmp_path_factory.mktemp("registry"), {"plain": False, "cond": True})
+    return {"store": uri, "plain": "models:/plain@champion", "cond": "models:/cond@champion"}
 
 
 def _tree(folder: Path) -> dict[str, bytes]:

@@ -6,18 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow import MlflowClient
 
 from flows.generate import generate
-from flows.train import log_sampler
-from tests.conftest import TINY
-from vae_model.config import DataConfig, ModelConfig, TrainConfig
-from vae_model.data import load_source
+from tests.conftest import TINY, register_tiny_models
 from vae_model.errors import UserError
 from vae_model.generate import Request, prepare_output
-from vae_model.train import train, vae_config
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -38,17 +33,7 @@ def _survived(root: Path, planted: dict[str, bytes]) -> bool:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """One tiny registered model; yields the store URI."""
-    root = tmp_path_factory.mktemp("registry")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    experiment = MlflowClient().create_experiment("user-files", artifact_location=str(root / "artifacts"))
-    train_data, val_data = load_source(DataConfig())
-    model_cfg = vae_config(ModelConfig(latent_dim=4, hidden_dim=16), train_data)
-    model = train(model_cfg, TrainConfig(epochs=1, progress=False), train_data, val_data).model.eval()
-    with mlflow.start_run(experiment_id=experiment):
-        mlflow.register_model(f"models:/{log_sampler(model)}", "plain")
-    return uri
+    return register_tiny_models(tmp_path_factory.mktemp("registry"), {"plain": False}, epochs=1, hidden_dim=16)
 
 
 def test_run_into_the_working_directory_keeps_every_foreign_file(cli, workdir):
