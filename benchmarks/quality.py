@@ -5,7 +5,7 @@
 For each dataset, trains the seed's recipe ("before": an MLP VAE sampled from N(0, I), as the
 project shipped it) and the preset, draws samples exactly as the pipeline's evaluate
 step does (`vae_model.generate.sample_model`, seed 0, labels cycled for conditional models) and
-prints the evaluate table (1,000 samples for digits, 10,000 for MNIST, as the presets' `generate.num_samples`) with the real column (held-out against training, the floor a perfect
+prints the evaluate table (1,000 samples for digits, 10,000 for MNIST) with the real column (held-out against training, the floor a perfect
 generator reaches) and the training minutes. The preset's model is also sampled from N(0, I)
 instead of its fitted prior: the difference is what the prior bought; the rest, what capacity,
 training and the KL weight bought. MNIST rows are skipped when its gz files are absent.
@@ -26,10 +26,10 @@ import torch
 
 from vae_model.config import DataConfig, EvaluateConfig, PipelineConfig, load_config
 from vae_model.data import load_source
-from vae_model.generate import Request, parse_labels, sample_model
+from vae_model.generate import evaluation_request, sample_model
 from vae_model.metrics import evaluate_samples, features, privacy, read_samples
 from vae_model.metrics.report import FIGURES, dcr_reference
-from vae_model.prior import MixturePrior
+from vae_model.model import build_prior
 from vae_model.train import train, vae_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,13 +53,10 @@ def run(name: str, path: str | None, overrides: list[str], raw: str | None, scra
     started = time.perf_counter()
     model = train(vae_config(cfg.model, train_data), cfg.train, train_data, held, cfg.data.binarize).model.cpu().eval()
     minutes = (time.perf_counter() - started) / 60
-    labels, proportions = parse_labels(None, model.cfg.num_classes)
-    # As many samples as the pipeline's evaluate step draws: 1,000 for digits, 10,000 for MNIST.
-    request = Request(num_samples=min(cfg.generate.num_samples, cfg.evaluate.max_samples), seed=cfg.generate.seed, model_uri=name, model_name=name, model_version="0",
-                      formats=("parquet",), labels=labels, labels_are_proportions=proportions,
-                      temperature=cfg.generate.temperature)
+    # What the pipeline's evaluate step draws: 1,000 samples for digits, 10,000 for MNIST.
+    request = evaluation_request(model, cfg.generate, cfg.evaluate, name, name, "0")
     reports = []
-    priors = [MixturePrior(*model.prior.means.shape[:2], model.cfg.latent_dim), model.prior] if model.prior.fitted else [model.prior]
+    priors = [build_prior(model.cfg), model.prior] if model.prior.fitted else [model.prior]
     for i, prior in enumerate(priors):
         model.prior = prior
         out = sample_model(model, request, scratch / f"{name}-{i}")

@@ -21,7 +21,7 @@ from vae_model.checkpoint import load_model
 from vae_model.config import PipelineConfig
 from vae_model.data import read_snapshot
 from vae_model.errors import UserError
-from vae_model.generate import Request, parse_labels, sample_model
+from vae_model.generate import evaluation_request, sample_model
 from vae_model.metrics import evaluate_samples, read_samples
 from vae_model.metrics.gate import sample_gate
 from vae_model.metrics.samples import samples_model_uri
@@ -32,14 +32,7 @@ def draw_samples(config: dict[str, Any], trained: dict[str, Any], run_id: str) -
     """Sample the trained, not yet registered, model into Parquet shards; return their folder."""
     cfg = PipelineConfig.model_validate(config)
     model = load_model(trained["checkpoint"])
-    m = model.cfg
-    labels, proportions = parse_labels(None, m.num_classes)
-    request = Request(
-        num_samples=min(cfg.generate.num_samples, cfg.evaluate.max_samples), seed=cfg.generate.seed,
-        model_uri=f"models:/{trained['model_id']}", model_name="unregistered", model_version=run_id,
-        formats=("parquet",), shard_size=cfg.generate.shard_size, labels=labels, labels_are_proportions=proportions,
-        temperature=cfg.generate.temperature,
-    )
+    request = evaluation_request(model, cfg.generate, cfg.evaluate, f"models:/{trained['model_id']}", "unregistered", run_id)
     return str(sample_model(model, request, Path(cfg.evaluate.out_dir) / run_id))
 
 

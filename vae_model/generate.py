@@ -33,7 +33,9 @@ import torch
 
 from vae_model import __version__
 from vae_model.atomic import sha256_file, write_json
+from vae_model.config import EvaluateConfig, GenerateConfig
 from vae_model.errors import UserError
+from vae_model.model import VAE, Sampler, sampler_input
 from vae_model.own_files import remove_own_files
 from vae_model.sample_files import parquet_shard, save_preview, write_pngs
 
@@ -155,13 +157,9 @@ def shard_blocks(spec: SamplerSpec, request: Request, shard: int) -> Iterator[tu
         rows = min(DECODE_BLOCK, n - offset)
         ids = np.arange(start + offset, start + offset + rows, dtype=np.int64)
         noise = torch.randn(rows, spec.latent_dim, generator=generator).mul_(request.temperature)
-        labels = None
-        onehot = torch.empty(rows, 0)
-        if spec.num_classes:
-            labels = _draw_labels(request, ids, generator)
-            onehot = torch.nn.functional.one_hot(torch.from_numpy(labels), spec.num_classes).float()
+        labels = _draw_labels(request, ids, generator) if spec.num_classes else None
         uniform = torch.rand(rows, 1, generator=generator)
-        yield ids, torch.cat([noise, uniform, onehot], 1), labels
+        yield ids, sampler_input(noise, uniform, labels, spec.num_classes), labels
 
 
 def _draw_labels(request: Request, ids: np.ndarray, generator: torch.Generator) -> np.ndarray:
@@ -328,11 +326,22 @@ def make_shards(decode: Decoder, spec: SamplerSpec, request: Request, out: Path,
             future.result()
 
 
-def sample_model(model: torch.nn.Module, request: Request, out_dir: str | Path) -> Path:
+def evaluation_request(model: VAE, generate: GenerateConfig, evaluate: EvaluateConfig,
+                       model_uri: str, model_name: str, model_version: str) -> Request:
+    """What the evaluate step draws from a trained model: the generate settings, at most
+    `evaluate.max_samples` samples, labels cycled through the classes, Parquet only."""
+    labels, proportions = parse_labels(None, model.cfg.num_classes)
+    return Request(
+        num_samples=min(generate.num_samples, evaluate.max_samples), seed=generate.seed,
+        model_uri=model_uri, model_name=model_name, model_version=model_version, formats=("parquet",),
+        shard_size=generate.shard_size, labels=labels, labels_are_proportions=proportions,
+        temperature=generate.temperature,
+    )
+
+
+def sample_model(model: VAE, request: Request, out_dir: str | Path) -> Path:
     """Every shard and the manifest of `request` from a trained, not necessarily registered,
     `vae_model.model.VAE`: the same draws `generate` makes from its registered version."""
-    from vae_model.model import Sampler
-
     m = model.cfg
     out = prepare_output(out_dir, request, overwrite=True)
     make_shards(Sampler.of(model), SamplerSpec(m.latent_dim, m.channels, m.height, m.width, m.num_classes), request, out)

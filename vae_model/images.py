@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vae_model.model import VAE, Sampler
+from vae_model.model import VAE, Sampler, sampler_input
 from vae_model.sample_files import grid, preview
 
 
@@ -22,8 +22,7 @@ def sample_grid(model: VAE, n: int = 80, seed: int = 0) -> np.ndarray:
     generator = torch.Generator().manual_seed(seed)
     noise, uniform = torch.randn(n, cfg.latent_dim, generator=generator), torch.rand(n, 1, generator=generator)
     labels = np.arange(n) % cfg.num_classes if cfg.conditional else None
-    onehot = torch.empty(n, 0) if labels is None else torch.nn.functional.one_hot(torch.from_numpy(labels), cfg.num_classes).float()
-    pixels = Sampler.of(model)(torch.cat([noise, uniform, onehot], 1).to(device))
+    pixels = Sampler.of(model)(sampler_input(noise, uniform, labels, cfg.num_classes).to(device))
     return preview(to_uint8(pixels, (cfg.channels, cfg.height, cfg.width)), labels)[0]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -126,6 +127,11 @@ def build_decoder(cfg: VAEConfig) -> nn.Module:
     return (MLPDecoder if cfg.arch == "mlp" else ConvDecoder)(cfg)
 
 
+def build_prior(cfg: VAEConfig) -> MixturePrior:
+    """The model's prior, N(0, I) until fitted after training (vae_model.prior.fit_prior)."""
+    return MixturePrior(max(1, cfg.num_classes), max(1, cfg.prior_components), cfg.latent_dim)
+
+
 class VAE(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
@@ -136,8 +142,7 @@ class VAE(nn.Module):
         self.decoder = build_decoder(cfg)
         # Gaussian likelihood: one log standard deviation shared by all pixels.
         self.log_scale = nn.Parameter(torch.tensor(math.log(0.1)), requires_grad=cfg.learn_scale)
-        # N(0, I) until fitted after training (vae_model.prior.fit_prior).
-        self.prior = MixturePrior(max(1, cfg.num_classes), max(1, cfg.prior_components), cfg.latent_dim)
+        self.prior = build_prior(cfg)
 
     @torch.no_grad()
     def init_output_bias(self, pixel_mean: torch.Tensor) -> None:
@@ -179,6 +184,12 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Gene
 def sampler_input_dim(cfg: VAEConfig) -> int:
     """Columns of a sampler's input: noise (latent_dim), one uniform, one-hot label (num_classes)."""
     return cfg.latent_dim + 1 + cfg.num_classes
+
+
+def sampler_input(noise: torch.Tensor, uniform: torch.Tensor, labels: np.ndarray | None, num_classes: int) -> torch.Tensor:
+    """The one tensor `Sampler` takes: noise (times the temperature), the uniform, the one-hot label."""
+    onehot = torch.empty(len(noise), 0) if labels is None else F.one_hot(torch.from_numpy(labels), num_classes).float()
+    return torch.cat([noise, uniform, onehot], 1)
 
 
 class Sampler(nn.Module):

@@ -13,8 +13,7 @@ from pathlib import Path
 import torch
 
 from vae_model.atomic import atomic_path
-from vae_model.model import VAE, Sampler, VAEConfig, build_decoder
-from vae_model.prior import MixturePrior
+from vae_model.model import VAE, Sampler, VAEConfig, build_decoder, build_prior
 
 SAMPLER_FILE = "sampler.pt"
 
@@ -38,7 +37,7 @@ class SamplerWeights:
     def sampler(self) -> Sampler:
         decoder = build_decoder(self.config)
         decoder.load_state_dict(self.decoder)
-        prior = MixturePrior(max(1, self.config.num_classes), max(1, self.config.prior_components), self.config.latent_dim)
+        prior = build_prior(self.config)
         if self.prior is not None:
             prior.load_state_dict(self.prior)
         return Sampler(decoder, prior, self.config).eval()
