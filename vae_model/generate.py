@@ -38,6 +38,7 @@ from vae_model.errors import UserError
 from vae_model.model import VAE, Sampler, sampler_input
 from vae_model.own_files import remove_own_files
 from vae_model.sample_files import parquet_shard, save_preview, write_pngs
+from vae_model.torch_state import torch_state
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 UNLABELLED = "unlabelled"
@@ -183,18 +184,11 @@ def decode_block(decode: Decoder, spec: SamplerSpec, z: torch.Tensor) -> np.ndar
     return images
 
 
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
+def one_torch_thread() -> contextlib.AbstractContextManager[None]:
     """torch on the calling thread alone, so that the bytes do not depend on the core count.
-    The setting is the thread's own: shards made side by side, each on its thread, use one core each."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    # Threads inherit their creator's denormal mode (training turns flushing on): fix it here.
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+    The setting is the thread's own: shards made side by side, each on its thread, use one core each.
+    Threads inherit their creator's denormal mode (training turns flushing on): fix it here."""
+    return torch_state(threads=1, flush_denormal=True)
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -24,6 +24,7 @@ from vae_model.evaluate import DeviceData, evaluate_elbo, held_out, to_device
 from vae_model.loss import elbo
 from vae_model.model import VAE, VAEConfig
 from vae_model.prior import fit_prior
+from vae_model.torch_state import torch_state
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -89,10 +90,14 @@ def train(
 ) -> TrainResult:
     """Train a VAE; call `on_epoch(epoch, metrics)` after each epoch (also for resumed ones)."""
     device = resolve_device(cfg.device)
-    if device.type == "cpu":
-        # Adam's running averages fill with subnormal floats on sparse images; flushing them
-        # keeps each step's time flat.
-        torch.set_flush_denormal(True)
+    # Adam's running averages fill with subnormal floats on sparse images; flushing them keeps
+    # each CPU step's time flat.
+    with torch_state(flush_denormal=True if device.type == "cpu" else None):
+        return _train(model_cfg, cfg, train_data, val_data, binarize, checkpoint_path, on_epoch, device)
+
+
+def _train(model_cfg: VAEConfig, cfg: TrainConfig, train_data: ImageData, val_data: ImageData, binarize: str,
+           checkpoint_path: str | Path | None, on_epoch: EpochCallback | None, device: torch.device) -> TrainResult:
     torch.manual_seed(cfg.seed)  # parameter initialisation
     model = VAE(model_cfg).to(device)
     optimizer = make_optimizer(model, cfg.lr)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from vae_model.atomic import atomic_path
+from vae_model.torch_state import torch_state
 
 FEATURE_DIM = 128
 
@@ -67,25 +68,20 @@ def train_classifier(spec: ClassifierSpec, images: np.ndarray, labels: np.ndarra
         model = DomainClassifier(spec.input_dim, spec.num_classes)
     if labels is None:
         return model.eval()
-    # Adam's running averages fill with subnormal floats on images with many always-zero pixels,
-    # which slows each step a hundredfold on CPU unless they are flushed to zero.
-    torch.set_flush_denormal(True)
     x, y = as_inputs(images), torch.from_numpy(labels)
     generator = torch.Generator().manual_seed(spec.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
-    threads = torch.get_num_threads()
-    # Steps this small do not split well across threads; on a busy machine two threads waiting
-    # for each other made each step 20x slower than one.
-    torch.set_num_threads(1)
-    try:
+    # Adam's running averages fill with subnormal floats on images with many always-zero pixels,
+    # which slows each step a hundredfold on CPU unless they are flushed to zero. Steps this small
+    # do not split well across threads; on a busy machine two threads waiting for each other made
+    # each step 20x slower than one.
+    with torch_state(threads=1, flush_denormal=True):
         for _ in range(spec.steps):
             index = torch.randint(len(x), (spec.batch_size,), generator=generator)
             loss = nn.functional.cross_entropy(model(x[index])[1], y[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
     return model.eval()
 
 
