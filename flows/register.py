@@ -19,6 +19,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from flows import champion, tracking
+from flows.promotion_lock import promotion_lock
 from flows.retry import network
 from vae_model.checkpoint import load_model
 from vae_model.config import PipelineConfig
@@ -146,7 +147,7 @@ def register(config: dict[str, Any], data: dict[str, Any], trained: dict[str, An
     run_id = mlflow.get_logged_model(model_id).source_run_id
     train_data, val_data = read_snapshot(data["snapshot"])
     own_rows = row_hashes(train_data)
-    with tracking.decision_lock(mlflow.get_registry_uri(), name):
+    with promotion_lock(mlflow.get_registry_uri(), name):
         existing = _registered(client, name, model_id, run_id)
         incumbent = _current_champion(client, name, champ_alias)
         if existing is not None and "champion_decision" in existing.tags:

@@ -57,14 +57,6 @@ def create_store(uri: str) -> None:
     _created.add(uri)
 
 
-def decision_lock(uri: str, name: str) -> contextlib.AbstractContextManager:
-    """Held while a champion is read, compared and replaced, so two challengers finishing together
-    decide one after the other: a file lock beside a SQLite store. A remote server has no shared
-    folder, and there the decision is not serialised yet (the last to finish sets the alias)."""
-    path = sqlite_path(uri)
-    return FileLock(f"{path}.{name}.lock") if path is not None else contextlib.nullcontext()
-
-
 def check_server(uri: str, timeout: float = 5.0) -> None:
     """Fail within seconds, naming the URI, when a tracking server does not answer."""
     if not uri.startswith(("http://", "https://")) or uri in _answered:

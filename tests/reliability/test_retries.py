@@ -3,6 +3,7 @@ arguments, as Prefect's retry does, on a real MLflow SQLite store."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 from pathlib import Path
@@ -17,6 +18,7 @@ from flows.register import register
 from flows.train import train
 from flows.validate import validate
 from tests.conftest import TINY
+from tests.reliability.servers import mlflow_server
 from vae_model.config import load_config
 
 # Called as plain functions, the steps' Prefect artifacts belong to no flow run.
@@ -85,23 +87,42 @@ def test_register_failing_on_the_champions_weights_leaves_no_version(workdir):
     assert _versions() == ["1"] and _champion() == "1"
 
 
-def test_two_registers_at_once_decide_one_after_the_other(workdir):
-    challengers = [_trained("train.epochs=1"), _trained("train.epochs=4", "train.seed=1")]
-    start, results = threading.Barrier(2), {}
+@pytest.mark.parametrize("store", ["sqlite", "server"])
+def test_two_registers_at_once_decide_one_after_the_other(workdir, store):
+    with contextlib.ExitStack() as stack:
+        if store == "server":
+            uri, _ = stack.enter_context(mlflow_server(workdir / "server"))
+            stack.enter_context(_tracking(uri))
+        extra = [f"tracking.uri={uri}"] if store == "server" else []
+        challengers = [_trained("train.epochs=1", *extra), _trained("train.epochs=4", "train.seed=1", *extra)]
+        start, results = threading.Barrier(2), {}
 
-    def run(i: int) -> None:
-        start.wait()
-        results[i] = register.fn(*challengers[i])
+        def run(i: int) -> None:
+            start.wait()
+            results[i] = register.fn(*challengers[i])
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(results) == 2 and _versions() == ["1", "2"]
-    client = MlflowClient()
-    tags = {v: client.get_model_version("vae-digits", v).tags for v in ("1", "2")}
-    first, second = sorted(tags, key=lambda v: tags[v]["compared_with_version"] != "none")
-    assert tags[first]["compared_with_version"] == "none", "exactly one decided without a champion"
-    assert tags[second]["compared_with_version"] == first, "the other was compared with it"
-    assert _champion() == results[1]["version"], "the alias ends on the four-epoch model, whichever finished first"
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(results) == 2 and _versions() == ["1", "2"]
+        client = MlflowClient()
+        tags = {v: client.get_model_version("vae-digits", v).tags for v in ("1", "2")}
+        first, second = sorted(tags, key=lambda v: tags[v]["compared_with_version"] != "none")
+        assert tags[first]["compared_with_version"] == "none", "exactly one decided without a champion"
+        assert tags[second]["compared_with_version"] == first, "the other was compared with it"
+        assert _champion() == results[1]["version"], "the alias ends on the four-epoch model, whichever finished first"
+
+
+@contextlib.contextmanager
+def _tracking(uri: str):
+    """This process's MLflow calls go to `uri`, and back to the test's store afterwards."""
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+        mlflow.set_registry_uri(before)
