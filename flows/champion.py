@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from vae_model.checkpoint import load_checkpoint, load_model
 from vae_model.config import PipelineConfig
 from vae_model.data import ImageData, read_snapshot, row_hashes
-from vae_model.evaluate import evaluate_elbo, held_out
+from vae_model.evaluate import heldout_figures
 from vae_model.model import VAE
 
 WEIGHTS_DIR = "vae"
@@ -67,18 +67,6 @@ def unseen(rows: np.ndarray, *trained_on: np.ndarray) -> np.ndarray:
     return np.array([row.tobytes() not in seen for row in rows], dtype=bool)
 
 
-def incompatibility(model: VAE, val: ImageData) -> str | None:
-    """Why `model` cannot be scored on these held-out rows, or None."""
-    cfg = model.cfg
-    if (cfg.channels, cfg.height, cfg.width) != tuple(val.shape):
-        return f"it models {cfg.channels}x{cfg.height}x{cfg.width} images, the data is {'x'.join(map(str, val.shape))}"
-    if cfg.conditional and (val.labels is None or val.num_classes > cfg.num_classes):
-        return f"it is conditional on {cfg.num_classes} classes, the data has {val.num_classes or 'no'} labels"
-    return None
-
-
 def score(model: VAE, val: ImageData, config: PipelineConfig) -> float:
-    """Held-out ELBO (nats per example) the way the gate measures it: binarised and sampled with
-    seeds from the current config, so every model scored on the same rows sees the same draws."""
-    data = held_out(val, torch.device("cpu"), config.data.binarize, seed=config.train.seed + 1)
-    return evaluate_elbo(model, data, 1024, seed=config.train.seed)["elbo"]
+    """Held-out ELBO (nats per example) the way the gate measures it, with seeds from the current config."""
+    return heldout_figures(model, val, config.data.binarize, config.train.seed)["heldout_elbo"]

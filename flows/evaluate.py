@@ -21,9 +21,9 @@ from vae_model.checkpoint import load_model
 from vae_model.config import PipelineConfig
 from vae_model.data import read_snapshot
 from vae_model.errors import UserError
+from vae_model.gate import sample_gate
 from vae_model.generate import evaluation_request, sample_model
 from vae_model.metrics import evaluate_samples, read_samples
-from vae_model.metrics.gate import sample_gate
 from vae_model.metrics.samples import samples_model_uri
 
 

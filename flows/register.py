@@ -24,6 +24,7 @@ from flows.retry import network
 from vae_model.checkpoint import load_model
 from vae_model.config import PipelineConfig
 from vae_model.data import ImageData, read_snapshot, row_hashes
+from vae_model.evaluate import unscorable
 
 
 def decide(challenger: float | None, incumbent: float | None, min_improvement: float, why_not: str | None = None) -> tuple[bool, str]:
@@ -76,7 +77,7 @@ def _score_both(cfg: PipelineConfig, trained: dict[str, Any], val: ImageData, ow
             why_not = "its version has no weights_uri tag"
         else:
             old = champion.load_weights(incumbent.tags["weights_uri"])
-            why_not = champion.incompatibility(old, val)
+            why_not = unscorable(old, val)
         if why_not is None:
             seen = champion.training_rows(incumbent.tags, cfg.data.snapshot_dir)
             if seen is None:

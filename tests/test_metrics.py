@@ -91,7 +91,7 @@ def test_generator_ignoring_the_requested_label_scores_near_chance(splits, evalu
 
 def test_sample_gate_divides_fcd_by_its_real_floor_and_names_each_check():
     from vae_model.config import ValidateConfig
-    from vae_model.metrics.gate import sample_gate
+    from vae_model.gate import sample_gate
 
     synthetic = {"fcd": 3.0, "precision": 0.9, "recall": 0.6, "coverage": 0.8}
     real = {"fcd": 2.0}

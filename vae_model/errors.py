@@ -5,9 +5,5 @@ class UserError(Exception):
     """Bad input or configuration; the message names the culprit and what was expected."""
 
 
-class GateFailed(UserError):
-    """The trained model did not pass the quality gate."""
-
-
 class TrainingDiverged(UserError):
     """The loss became non-finite."""

@@ -75,3 +75,25 @@ def evaluate_iw(model: VAE, data: DeviceData, k: int, seed: int, batch_size: int
 def bits_per_dim(elbo_nats: float, dims: int) -> float:
     """Negative ELBO in bits per pixel value."""
     return -elbo_nats / (dims * math.log(2))
+
+
+def heldout_figures(model: VAE, data: ImageData, binarize: str, seed: int, iw_samples: int = 0) -> dict[str, float]:
+    """Held-out ELBO (nats per example), its bits per dimension and, with `iw_samples`, the IW NLL, as
+    the gate and the champion comparison measure them: pixels binarised once with `seed + 1`, noise
+    seeded with `seed`, so every model scored on the same rows sees the same draws."""
+    val = held_out(data, torch.device("cpu"), binarize, seed=seed + 1)
+    figures = {"heldout_elbo": evaluate_elbo(model, val, 1024, seed=seed)["elbo"]}
+    figures["heldout_bits_per_dim"] = bits_per_dim(figures["heldout_elbo"], model.cfg.input_dim)
+    if iw_samples:
+        figures["val_iw_nll"] = -evaluate_iw(model, val, iw_samples, seed=seed)
+    return figures
+
+
+def unscorable(model: VAE, data: ImageData) -> str | None:
+    """Why `model` cannot be scored on these rows (their image shape or labels), or None."""
+    cfg = model.cfg
+    if (cfg.channels, cfg.height, cfg.width) != tuple(data.shape):
+        return f"it models {cfg.channels}x{cfg.height}x{cfg.width} images, the data is {'x'.join(map(str, data.shape))}"
+    if cfg.conditional and (data.labels is None or data.num_classes > cfg.num_classes):
+        return f"it is conditional on {cfg.num_classes} classes, the data has {data.num_classes or 'no'} labels"
+    return None

@@ -20,7 +20,7 @@ from tests.reliability import corpus
 from vae_model.config import _SAMPLE_GATES, DataConfig, ValidateConfig, load_config
 from vae_model.data import load_source
 from vae_model.errors import UserError
-from vae_model.gate import gate_decision
+from vae_model.gate import quality_gate
 
 
 def _case_truncated_gz(tmp: Path):
@@ -254,9 +254,9 @@ def test_the_iw_gate_is_measured_or_fails_never_skipped():
     assert load_config(None, ["validate.max_iw_nll=90", "validate.iw_samples=5"]).validate_.max_iw_nll == 90
     cfg = ValidateConfig(max_iw_nll=90, iw_samples=5)
     base = {"heldout_elbo": -80.0, "heldout_bits_per_dim": 0.2}
-    assert gate_decision({**base, "val_iw_nll": 85.0}, cfg)["passed"]
-    assert not gate_decision({**base, "val_iw_nll": 95.0}, cfg)["passed"]
-    missing = gate_decision(base, cfg)
+    assert quality_gate({**base, "val_iw_nll": 85.0}, cfg)["passed"]
+    assert not quality_gate({**base, "val_iw_nll": 95.0}, cfg)["passed"]
+    missing = quality_gate(base, cfg)
     assert not missing["passed"] and "IW NLL not measured" in missing["message"]
 
 
