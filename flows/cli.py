@@ -148,7 +148,7 @@ def evaluate(
         _quiet_user_errors()
     from flows.evaluate import evaluate_samples_flow
 
-    state = evaluate_samples_flow(cfg.to_dict(), str(samples), model_uri=model,
+    state = evaluate_samples_flow(cfg, str(samples), model_uri=model,
                                   snapshot=None if data is None else str(data), return_state=True)
     typer.echo(json.dumps(_finish(state, debug)))
 

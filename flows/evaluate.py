@@ -28,23 +28,21 @@ from vae_model.metrics.samples import samples_model_uri
 
 
 @task(name="draw-evaluation-samples")
-def draw_samples(config: dict[str, Any], trained: dict[str, Any], run_id: str) -> str:
+def draw_samples(cfg: PipelineConfig, trained: dict[str, Any], run_id: str) -> str:
     """Sample the trained, not yet registered, model into Parquet shards; return their folder."""
-    cfg = PipelineConfig.model_validate(config)
     model = load_model(trained["checkpoint"])
     request = evaluation_request(model, cfg.generate, cfg.evaluate, f"models:/{trained['model_id']}", "unregistered", run_id)
     return str(sample_model(model, request, Path(cfg.evaluate.out_dir) / run_id))
 
 
 @task(name="evaluate")
-def evaluate(config: dict[str, Any], data: dict[str, Any], samples_dir: str, run_id: str) -> dict[str, Any]:
+def evaluate(cfg: PipelineConfig, data: dict[str, Any], samples_dir: str, run_id: str) -> dict[str, Any]:
     """Score the samples' fidelity, utility and memorisation; log them and apply the sample gate."""
-    cfg = PipelineConfig.model_validate(config)
     train, held = read_snapshot(data["snapshot"])
     report = evaluate_samples(train, held, read_samples(samples_dir), cfg.evaluate,
                               data_key=data["sha256"], cache_dir=cfg.evaluate.cache_dir)
     decision = sample_gate(report.synthetic, cfg.validate_, report.real)
-    with tracking.resumed(config["tracking"], run_id):
+    with tracking.resumed(cfg.tracking, run_id):
         mlflow.log_metrics(report.metrics())
         mlflow.log_dict({**report.to_dict(), "samples": samples_dir, "gate": decision}, "evaluation/report.json")
         mlflow.log_image(report.picture.transpose(1, 2, 0), "evaluation/closest_to_training.png")
@@ -82,11 +80,9 @@ def _snapshot_for(model_uri: str | None, snapshot: str | None, snapshot_dir: str
 
 
 @flow(name="evaluate")
-def evaluate_samples_flow(config: dict[str, Any], samples_dir: str, model_uri: str | None = None,
+def evaluate_samples_flow(cfg: PipelineConfig, samples_dir: str, model_uri: str | None = None,
                           snapshot: str | None = None) -> dict[str, Any]:
     """Evaluate a generated folder against the data its model was trained on, as its own MLflow run."""
-    cfg = PipelineConfig.model_validate(config)
-    config = cfg.to_dict()
     tracking.use(cfg.tracking)
     model_uri = model_uri or samples_model_uri(samples_dir)
     data = _snapshot_for(model_uri, snapshot, cfg.data.snapshot_dir)
@@ -96,7 +92,7 @@ def evaluate_samples_flow(config: dict[str, Any], samples_dir: str, model_uri: s
     if model_uri:
         MlflowClient().set_tag(run_id, "evaluated_model", model_uri)
     try:
-        result = evaluate(config, data, samples_dir, run_id)
+        result = evaluate(cfg, data, samples_dir, run_id)
     except BaseException:
         tracking.end_run(run_id, "FAILED")
         raise

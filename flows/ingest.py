@@ -18,13 +18,12 @@ from vae_model.train import vae_config
 
 
 @task(name="ingest", **network(timeout_s=1800))
-def ingest(config: dict[str, Any], run_id: str) -> dict[str, Any]:
+def ingest(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
     """Load, check and snapshot the configured dataset."""
-    cfg = PipelineConfig.model_validate(config)
     train, val = load_source(cfg.data)
     vae_config(cfg.model, train)  # refuses a model the data cannot feed before anything is written
     path, sha = write_snapshot(train, val, cfg.data.snapshot_dir)
-    with tracking.resumed(config["tracking"], run_id):
+    with tracking.resumed(cfg.tracking, run_id):
         with warnings.catch_warnings():
             # MLflow registers the local-file source twice ('' and 'file' schemes) and warns
             # that a path is ambiguous between the two identical classes.

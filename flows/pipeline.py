@@ -28,24 +28,23 @@ from vae_model.config import PipelineConfig
 def pipeline(config: dict[str, Any]) -> dict[str, Any]:
     """Train, gate, register and sample a VAE as the config says."""
     cfg = PipelineConfig.model_validate(config)
-    config = cfg.to_dict()
     # Checked before any work so that a bad setting costs seconds and registers nothing.
     check_writable_dir(cfg.generate.out_dir, "generate.out_dir")
     run_id = tracking.start_run(cfg.tracking, run_name=f"{cfg.data.kind}-seed{cfg.train.seed}")
     try:
-        data = ingest(config, run_id)
-        trained = train(config, data, run_id)
-        report = validate(config, data, trained, run_id)
+        data = ingest(cfg, run_id)
+        trained = train(cfg, data, run_id)
+        report = validate(cfg, data, trained, run_id)
         if not report["passed"]:
             tracking.end_run(run_id, "FAILED")
             return Failed(message=report["message"])
         quality = None
         if cfg.evaluate.enabled:
-            quality = evaluate(config, data, draw_samples(config, trained, run_id), run_id)
+            quality = evaluate(cfg, data, draw_samples(cfg, trained, run_id), run_id)
             if not quality["passed"]:
                 tracking.end_run(run_id, "FAILED")
                 return Failed(message=quality["message"])
-        model = register(config, data, trained, report)
+        model = register(cfg, data, trained, report)
         # Synthetic data always comes from the champion, which a weaker challenger leaves in place.
         # Each version gets its own folder, so a retrain never replaces samples someone is reading;
         # the version is pinned, so a concurrent promotion cannot put another's samples there.

@@ -137,11 +137,10 @@ def _outcome(tags: dict[str, str], version: str, incumbent) -> tuple[bool, str]:
 
 
 @task(name="register", **network(timeout_s=600))
-def register(config: dict[str, Any], data: dict[str, Any], trained: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+def register(cfg: PipelineConfig, data: dict[str, Any], trained: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
     """Register the gated model as challenger; promote it to champion if it beats the champion.
     Safe to retry: the version a failed attempt registered is found and finished, never duplicated."""
-    tracking.use(config["tracking"])
-    cfg = PipelineConfig.model_validate(config)
+    tracking.use(cfg.tracking)
     name, champ_alias, chall_alias = cfg.register_.model_name, cfg.register_.alias, cfg.register_.challenger_alias
     client = MlflowClient()
     model_id = trained["model_id"]

@@ -31,8 +31,7 @@ _created: set[str] = set()
 
 def use(cfg: TrackingConfig | dict[str, Any]) -> None:
     """Point MLflow at the configured store; None keeps MLflow's own default (or the env var)."""
-    uri = cfg["uri"] if isinstance(cfg, dict) else cfg.uri
-    if uri:
+    if uri := cfg["uri"] if isinstance(cfg, dict) else cfg.uri:
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
     check_server(mlflow.get_tracking_uri())
@@ -79,7 +78,7 @@ def start_run(cfg: TrackingConfig, run_name: str | None = None) -> str:
 
 
 @contextlib.contextmanager
-def resumed(cfg: dict[str, Any], run_id: str) -> Iterator[mlflow.ActiveRun]:
+def resumed(cfg: TrackingConfig, run_id: str) -> Iterator[mlflow.ActiveRun]:
     use(cfg)
     with mlflow.start_run(run_id=run_id) as run:
         yield run

@@ -29,14 +29,13 @@ from vae_model.train import vae_config
 
 
 @task(name="train", **network(timeout_s=6 * 3600, retries=1))
-def train(config: dict[str, Any], data: dict[str, Any], run_id: str) -> dict[str, Any]:
+def train(cfg: PipelineConfig, data: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Train on the snapshot; log metrics per epoch, image grids and the model."""
-    cfg = PipelineConfig.model_validate(config)
     train_data, val_data = read_snapshot(data["snapshot"])
     ckpt = checkpoint_path(cfg, data["sha256"])
-    with tracking.resumed(config["tracking"], run_id):
-        mlflow.log_params(tracking.flatten(config))
-        mlflow.log_dict(config, "config.yaml")
+    with tracking.resumed(cfg.tracking, run_id):
+        mlflow.log_params(tracking.flatten(cfg.to_dict()))
+        mlflow.log_dict(cfg.to_dict(), "config.yaml")
         # An epoch's metrics are logged after its checkpoint is saved: a run that has them is a
         # retry, and resumes from the checkpoint it wrote itself whatever train.resume says.
         logged = {m.step for m in MlflowClient().get_metric_history(run_id, "val_elbo")}

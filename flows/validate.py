@@ -18,14 +18,13 @@ from vae_model.gate import quality_gate
 
 
 @task(name="validate", **network(timeout_s=1800))
-def validate(config: dict[str, Any], data: dict[str, Any], trained: dict[str, Any], run_id: str) -> dict[str, Any]:
+def validate(cfg: PipelineConfig, data: dict[str, Any], trained: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Measure the held-out ELBO (and IW bound) and compare it with the thresholds."""
-    cfg = PipelineConfig.model_validate(config)
     _, val_data = read_snapshot(data["snapshot"])
     metrics = heldout_figures(load_model(trained["checkpoint"]), val_data, cfg.data.binarize, cfg.train.seed,
                               cfg.validate_.iw_samples)
     decision = quality_gate(metrics, cfg.validate_)
-    with tracking.resumed(config["tracking"], run_id):
+    with tracking.resumed(cfg.tracking, run_id):
         mlflow.log_metrics(metrics)
         mlflow.set_tag("validation_status", "passed" if decision["passed"] else "failed")
     create_markdown_artifact(decision["markdown"], key="validation", description="quality gate")

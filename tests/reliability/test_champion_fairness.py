@@ -25,13 +25,12 @@ artifact_outside_flow = pytest.mark.filterwarnings("ignore:Artifact creation out
 def _retrain(*extra: str) -> dict:
     """One gated-and-registered retrain through the step functions themselves."""
     cfg = load_config(None, [*TINY, *extra])
-    config = cfg.to_dict()
     run_id = tracking.start_run(cfg.tracking)
-    data = ingest.fn(config, run_id)
-    trained = train.fn(config, data, run_id)
-    report = validate.fn(config, data, trained, run_id)
+    data = ingest.fn(cfg, run_id)
+    trained = train.fn(cfg, data, run_id)
+    report = validate.fn(cfg, data, trained, run_id)
     assert report["passed"]
-    model = register.fn(config, data, trained, report)
+    model = register.fn(cfg, data, trained, report)
     return {"cfg": cfg, "data": data, "trained": trained, "report": report, "model": model,
             "version": MlflowClient().get_model_version("vae-digits", model["version"])}
 

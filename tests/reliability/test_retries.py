@@ -19,21 +19,21 @@ from flows.train import train
 from flows.validate import validate
 from tests.conftest import TINY
 from tests.reliability.servers import mlflow_server
-from vae_model.config import load_config
+from vae_model.config import PipelineConfig, load_config
 
 # Called as plain functions, the steps' Prefect artifacts belong to no flow run.
 pytestmark = [pytest.mark.usefixtures("prefect_server"),
               pytest.mark.filterwarnings("ignore:Artifact creation outside of a flow:FutureWarning")]
 
 
-def _trained(*extra: str) -> tuple[dict, dict, dict, dict]:
+def _trained(*extra: str) -> tuple[PipelineConfig, dict, dict, dict]:
     cfg = load_config(None, [*TINY, *extra])
-    config, run_id = cfg.to_dict(), tracking.start_run(cfg.tracking)
-    data = ingest.fn(config, run_id)
-    trained = train.fn(config, data, run_id)
-    report = validate.fn(config, data, trained, run_id)
+    run_id = tracking.start_run(cfg.tracking)
+    data = ingest.fn(cfg, run_id)
+    trained = train.fn(cfg, data, run_id)
+    report = validate.fn(cfg, data, trained, run_id)
     assert report["passed"]
-    return config, data, trained, report
+    return cfg, data, trained, report
 
 
 def _versions() -> list[str]:

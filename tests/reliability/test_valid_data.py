@@ -60,7 +60,7 @@ def test_ingest_tags_a_file_that_is_not_the_published_one(workdir):
     folder = corpus.idx_folder(workdir / "m", compress=None)
     cfg = load_config(None, ["data.kind=mnist", f"data.path={folder}"])
     run_id = tracking.start_run(cfg.tracking)
-    data = ingest.fn(cfg.to_dict(), run_id)
+    data = ingest.fn(cfg, run_id)
     tags = MlflowClient().get_run(run_id).data.tags
     assert data["n_train"] == 5 and tags["data_sha256"] == data["sha256"]
     assert tags["data_note"].startswith("md5 differs from the published MNIST gz files for train-images-idx3-ubyte, "
