@@ -24,7 +24,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import numpy as np
 import torch
 
-from vae_model.config import DataConfig, EvaluateConfig, PipelineConfig, load_config
+from flows.config import PipelineConfig, load_config
+from vae_model.config import DataConfig, EvaluateConfig
 from vae_model.data import load_source
 from vae_model.generate import evaluation_request, sample_model
 from vae_model.metrics import evaluate_samples, features, privacy, read_samples

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from mlflow import MlflowClient
 
+from flows.config import PipelineConfig
 from vae_model.checkpoint import load_checkpoint, load_model
-from vae_model.config import PipelineConfig
 from vae_model.data import ImageData, read_snapshot, row_hashes
 from vae_model.evaluate import heldout_figures
 from vae_model.model import VAE

@@ -19,10 +19,10 @@ from typing import Annotated, Any, NoReturn  # noqa: E402
 
 import typer  # noqa: E402
 
+from flows.config import PipelineConfig, load_config  # noqa: E402
 from vae_model.atomic import check_writable_dir  # noqa: E402
-from vae_model.config import PipelineConfig, load_config  # noqa: E402
-from vae_model.generate import check_positive  # noqa: E402
 from vae_model.errors import UserError  # noqa: E402
+from vae_model.generate import check_positive  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 

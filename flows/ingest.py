@@ -11,8 +11,8 @@ from mlflow.data.meta_dataset import MetaDataset
 from prefect import task
 
 from flows import tracking
+from flows.config import PipelineConfig
 from flows.retry import network
-from vae_model.config import PipelineConfig
 from vae_model.data import load_source, write_snapshot
 from vae_model.train import vae_config
 

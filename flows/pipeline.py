@@ -14,6 +14,7 @@ from prefect import flow
 from prefect.states import Failed
 
 from flows import tracking
+from flows.config import PipelineConfig
 from flows.evaluate import draw_samples, evaluate
 from flows.generate import generate
 from flows.ingest import ingest
@@ -21,7 +22,6 @@ from flows.register import register
 from flows.train import train
 from flows.validate import validate
 from vae_model.atomic import check_writable_dir
-from vae_model.config import PipelineConfig
 
 
 @flow(name="vae-pipeline")

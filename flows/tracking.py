@@ -15,7 +15,7 @@ import mlflow
 from filelock import FileLock
 from mlflow import MlflowClient
 
-from vae_model.config import TrackingConfig
+from flows.config import TrackingConfig
 from vae_model.errors import UserError
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -16,9 +16,9 @@ from mlflow.types import Schema, TensorSpec
 from prefect import task
 
 from flows import tracking
+from flows.config import PipelineConfig
 from flows.retry import network
 from vae_model.checkpoint import checkpoint_path
-from vae_model.config import PipelineConfig
 from vae_model.data import read_snapshot
 from vae_model.evaluate import held_out
 from vae_model.images import reconstruction_grid, sample_grid
@@ -32,7 +32,7 @@ from vae_model.train import vae_config
 def train(cfg: PipelineConfig, data: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Train on the snapshot; log metrics per epoch, image grids and the model."""
     train_data, val_data = read_snapshot(data["snapshot"])
-    ckpt = checkpoint_path(cfg, data["sha256"])
+    ckpt = checkpoint_path(data["sha256"], cfg.data.binarize, cfg.model, cfg.train)
     with tracking.resumed(cfg.tracking, run_id):
         mlflow.log_params(tracking.flatten(cfg.to_dict()))
         mlflow.log_dict(cfg.to_dict(), "config.yaml")

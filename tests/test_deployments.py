@@ -88,9 +88,9 @@ def test_retrain_never_overlaps_and_generate_requests_queue(deployments):
 
 
 def test_deployment_parameters_are_the_flows_own(deployments):
+    from flows.config import PipelineConfig
     from flows.generate import generate
     from flows.pipeline import pipeline
-    from vae_model.config import PipelineConfig
 
     gen = deployments["generate"]
     assert gen.entrypoint == "flows.generate.generate" and gen.work_pool_name == "vae-cpu" and not gen.schedules

@@ -9,8 +9,8 @@ from mlflow import MlflowClient
 from PIL import Image
 from prefect.artifacts import Artifact
 
+from flows.config import load_config
 from tests.conftest import TINY
-from vae_model.config import load_config
 
 FAST = [*TINY, "evaluate.enabled=true", "evaluate.classifier_steps=200"]
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from vae_model.atomic import atomic_path
-from vae_model.config import PipelineConfig, TrainConfig
+from vae_model.config import ModelConfig, TrainConfig
 from vae_model.model import VAE, VAEConfig
 
 
@@ -51,16 +51,16 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> VAE:
     return model.eval()
 
 
-def checkpoint_path(cfg: PipelineConfig, data_sha256: str) -> Path:
+def checkpoint_path(data_sha256: str, binarize: str, model: ModelConfig, train: TrainConfig) -> Path:
     """Where a run's checkpoint lives: keyed by the data and every setting that shapes the
     weights, so rerunning a killed run with train.resume=true finds it (epochs may grow)."""
     # A decaying learning rate depends on the total epochs, so then they shape the weights too.
-    free = {"resume", "progress", "checkpoint_dir"} | ({"epochs"} if cfg.train.lr_schedule == "constant" else set())
+    free = {"resume", "progress", "checkpoint_dir"} | ({"epochs"} if train.lr_schedule == "constant" else set())
     shaping = {
         "data": data_sha256,
-        "binarize": cfg.data.binarize,
-        "model": cfg.model.model_dump(mode="json"),
-        "train": cfg.train.model_dump(mode="json", exclude=free),
+        "binarize": binarize,
+        "model": model.model_dump(mode="json"),
+        "train": train.model_dump(mode="json", exclude=free),
     }
     key = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cfg.train.checkpoint_dir) / f"{key}.pt"
+    return Path(train.checkpoint_dir) / f"{key}.pt"

@@ -22,6 +22,8 @@ _SAMPLE_CHECKS = [
     ("dcr_train_share", "share closer to training (DCR)", "<=", "max_dcr_train_share"),
     ("label_agreement", "label agreement", ">=", "min_label_agreement"),
 ]
+# The thresholds that only the evaluate step can measure.
+SAMPLE_GATES = tuple(field for *_, field in _SAMPLE_CHECKS)
 
 
 @dataclass(frozen=True)

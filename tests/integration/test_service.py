@@ -152,7 +152,7 @@ def test_retrain_and_generate_deployments_on_real_servers(databases, tmp_path):
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from vae_model.config import load_config
+    from flows.config import load_config
 
     mlflow_port, prefect_port = _free_port(), _free_port()
     mlflow_url, api_url = f"http://127.0.0.1:{mlflow_port}", f"http://127.0.0.1:{prefect_port}/api"

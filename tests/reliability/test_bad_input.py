@@ -15,12 +15,13 @@ import pyarrow as pa
 import pytest
 from mlflow import MlflowClient
 
+from flows.config import load_config
 from tests.conftest import TINY
 from tests.reliability import corpus
-from vae_model.config import _SAMPLE_GATES, DataConfig, ValidateConfig, load_config
+from vae_model.config import DataConfig, ValidateConfig
 from vae_model.data import load_source
 from vae_model.errors import UserError
-from vae_model.gate import quality_gate
+from vae_model.gate import SAMPLE_GATES, quality_gate
 
 
 def _case_truncated_gz(tmp: Path):
@@ -241,7 +242,7 @@ def test_config_errors_name_the_key(overrides, expected):
     assert "secret" not in str(info.value)
 
 
-@pytest.mark.parametrize("gate", _SAMPLE_GATES)
+@pytest.mark.parametrize("gate", SAMPLE_GATES)
 def test_each_sample_gate_needs_the_evaluate_step(gate):
     measured = [f"validate.{gate}=0.5", "model.conditional=true"]
     assert getattr(load_config(None, measured).validate_, gate) == 0.5

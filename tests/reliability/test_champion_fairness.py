@@ -9,13 +9,14 @@ import pytest
 from mlflow import MlflowClient
 
 from flows import champion, tracking
+from flows.config import load_config
 from flows.ingest import ingest
 from flows.register import decide, register
 from flows.train import train
 from flows.validate import validate
 from tests.conftest import TINY
 from vae_model.checkpoint import load_model
-from vae_model.config import DataConfig, load_config
+from vae_model.config import DataConfig
 from vae_model.data import ImageData, load_source, read_snapshot, row_hashes
 
 # The steps are called as plain functions here; in a flow run the artifact belongs to the task run.

@@ -13,13 +13,13 @@ import pytest
 from mlflow import MlflowClient
 
 from flows import tracking
+from flows.config import PipelineConfig, load_config
 from flows.ingest import ingest
 from flows.register import register
 from flows.train import train
 from flows.validate import validate
 from tests.conftest import TINY
 from tests.reliability.servers import mlflow_server
-from vae_model.config import PipelineConfig, load_config
 
 # Called as plain functions, the steps' Prefect artifacts belong to no flow run.
 pytestmark = [pytest.mark.usefixtures("prefect_server"),

@@ -10,10 +10,11 @@ import numpy as np
 from mlflow import MlflowClient
 
 from flows import tracking
+from flows.config import load_config
 from flows.ingest import ingest
 from tests.conftest import MNIST_RAW, needs_mnist
 from tests.reliability import corpus
-from vae_model.config import DataConfig, load_config
+from vae_model.config import DataConfig
 from vae_model.data import load_source
 
 

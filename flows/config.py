@@ -1,0 +1,162 @@
+"""The pipeline's config: the library's sections plus registry and tracking, YAML loading and
+dotted `--set` overrides."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from vae_model.config import (
+    DataConfig,
+    EvaluateConfig,
+    GenerateConfig,
+    ModelConfig,
+    Section,
+    TrainConfig,
+    ValidateConfig,
+)
+from vae_model.errors import UserError
+from vae_model.gate import SAMPLE_GATES
+
+
+class RegisterConfig(Section):
+    model_name: str = Field("vae-digits", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    alias: str = Field("champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    challenger_alias: str = Field("challenger", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    # Held-out ELBO (nats per example) a challenger must gain over the champion to replace it.
+    min_improvement: float = Field(0.0, ge=0)
+
+
+class TrackingConfig(Section):
+    uri: str | None = None
+    experiment: str = "vae-pipeline"
+
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        # Configs are committed and logged as run parameters: secrets belong in the environment.
+        if value and re.match(r"^[a-z+]+://[^/@]*:[^/@]*@", value):
+            raise ValueError(
+                "embeds a password; set MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD "
+                "(or the database's own environment variables) instead"
+            )
+        return value
+
+
+def _unmeasurable(fields: list[str], needs: str) -> None:
+    keys = ", ".join(f"'validate.{name}'" for name in fields)
+    raise PydanticCustomError("unmeasurable_gate", "config key{s} {keys}: cannot be measured under this config; needs {needs}",
+                              {"s": "s" if len(fields) > 1 else "", "keys": keys, "needs": needs})
+
+
+class PipelineConfig(Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+    generate: GenerateConfig = GenerateConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _gates_can_be_measured(self) -> PipelineConfig:
+        # A threshold on a figure the run never computes would pass or fail by accident: say so
+        # before anything runs, naming the key that would measure it.
+        v = self.validate_
+        if v.max_iw_nll is not None and v.iw_samples == 0:
+            _unmeasurable(["max_iw_nll"], "validate.iw_samples > 0, which measures the IW NLL (got 0)")
+        sample_gates = [name for name in SAMPLE_GATES if getattr(v, name) is not None]
+        if sample_gates and not self.evaluate.enabled:
+            _unmeasurable(sample_gates, "evaluate.enabled=true, the step that measures the samples (got false)")
+        if v.min_label_agreement is not None and not self.model.conditional:
+            _unmeasurable(["min_label_agreement"], "model.conditional=true, as only a conditional model's "
+                          "samples have labels to agree with (got false)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def _describe(error: dict[str, Any], source: str) -> str:
+    key = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "unmeasurable_gate":
+        return f"{source}: {error['msg']}"
+    if error["type"] == "extra_forbidden":
+        return f"{source}: unknown config key '{key}'"
+    shown = "<hidden>" if key == "tracking.uri" else repr(error.get("input"))
+    return f"{source}: config key '{key}': {error['msg']} (got {shown})"
+
+
+def _parse_value(raw: str) -> Any:
+    # YAML gives `--set train.epochs=3` an int and `--set data.path=null` a None, like the files.
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the key must already exist in the schema."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise UserError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.epochs=3")
+    parts = key.strip().split(".")
+    fields: dict[str, Any] = PipelineConfig.model_fields
+    node = tree
+    for depth, part in enumerate(parts):
+        names = {f.alias or name: f for name, f in fields.items()}
+        if part not in names:
+            raise UserError(f"--set: unknown config key '{'.'.join(parts[: depth + 1])}'")
+        annotation = names[part].annotation
+        last = depth == len(parts) - 1
+        if last:
+            node[part] = _parse_value(raw)
+        else:
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                raise UserError(f"--set: config key '{'.'.join(parts[: depth + 1])}' has no sub-keys")
+            node = node.setdefault(part, {})
+            fields = annotation.model_fields
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a YAML config (or the defaults), apply `--set` overrides and validate the result."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read config file ({exc.strerror})") from None
+        try:
+            tree = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(tree, dict):
+            raise UserError(f"{path}: expected a mapping of sections at the top level")
+    for assignment in overrides or []:
+        apply_override(tree, assignment)
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise UserError(_describe(exc.errors()[0], source)) from None
