@@ -218,18 +218,13 @@ def test_workers_report_health_and_stop_gracefully_and_every_service_rotates_log
         assert service["logging"]["options"]["max-size"] and service["logging"]["options"]["max-file"], name
 
 
-def test_prefect_server_settings_are_real_prefect_settings():
+def test_prefect_server_settings_are_real_prefect_settings(monkeypatch):
     # The names are checked by Prefect's own settings model: a misspelt one would be ignored.
     from prefect.settings import Settings
 
-    env = _services()["prefect-server"]["environment"]
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        settings = Settings()
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    for name, value in _services()["prefect-server"]["environment"].items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
     vacuum = settings.server.services.db_vacuum
     assert {"flow_runs", "events"} <= vacuum.enabled_vacuum_types
     assert vacuum.retention_period.days == 30 and settings.server.events.retention_period.days == 30
