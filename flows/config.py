@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import string
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +162,52 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         return PipelineConfig.model_validate(tree)
     except ValidationError as exc:
         raise UserError(_describe(exc.errors()[0], source)) from None
+
+
+_UNSET = object()
+def preset_path(preset: str) -> Path:
+    """A bare name is a file of the configs folder (VAE_PIPELINE_CONFIGS in the images, where the
+    package is installed apart from its configs/); anything else is a path."""
+    if "/" in preset or preset.endswith((".yaml", ".yml")):
+        return Path(preset)
+    folder = os.environ.get("VAE_PIPELINE_CONFIGS") or Path(__file__).resolve().parents[1] / "configs"
+    return Path(folder) / f"{preset}.yaml"
+
+
+def _from_environment(value: str, key: str, source: str) -> str:
+    # Empty counts as unset: compose files pass an unset variable on as an empty one.
+    env = {name: text for name, text in os.environ.items() if text}
+    try:
+        return string.Template(value).substitute(env)
+    except KeyError as exc:
+        raise UserError(f"{source}: config key '{key}' is read from ${exc.args[0]}, which is unset in the worker's "
+                        f"environment; set it there or give '{key}' in the run's config") from None
+    except ValueError as exc:
+        raise UserError(f"{source}: config key '{key}': {exc} (write $$ for a literal $)") from None
+
+
+def _merged(preset: Any, override: Any, key: str, source: str) -> Any:
+    """`override` deep-merged over `preset`. Only the preset's own strings that no override
+    replaces read ${VARIABLE}s from the environment: a run's parameters are taken literally."""
+    if override is _UNSET:
+        if isinstance(preset, dict):
+            return {k: _merged(v, _UNSET, f"{key}{k}", source) for k, v in preset.items()}
+        return _from_environment(preset, key, source) if isinstance(preset, str) else preset
+    if isinstance(preset, dict) and isinstance(override, dict):
+        return {k: _merged(preset.get(k, _UNSET), override.get(k, _UNSET), f"{key}{k}.", source)
+                for k in {**preset, **override}}
+    return override
+
+
+def resolve_config(config: dict[str, Any] | None, preset: str | None = None) -> PipelineConfig:
+    """The preset with `config` deep-merged over it; without a preset, `config` is the whole config."""
+    if preset is None:
+        return PipelineConfig.model_validate(config or {})
+    path = preset_path(preset)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise UserError(f"preset {preset!r}: cannot read {path} ({exc.strerror})") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"preset {preset!r}: {path} is not a mapping of config sections")
+    return PipelineConfig.model_validate(_merged(tree, config or {}, "", str(path)))

@@ -3,10 +3,15 @@
 The evaluate step scores samples drawn from the trained model before it is registered, so that
 its optional thresholds (validate.max_exact_copy_rate, validate.max_fcd, ...) block registration
 exactly as the ELBO gate does.
+
+A run names a preset (configs/<name>.yaml, or a YAML path) and gives only the keys that differ from
+it, deep-merged over it: the nightly `retrain` deployment keeps its preset, GPU and gates when a
+run changes one setting.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +19,7 @@ from prefect import flow
 from prefect.states import Failed
 
 from flows import tracking
-from flows.config import PipelineConfig
+from flows.config import resolve_config
 from flows.evaluate import draw_samples, evaluate
 from flows.generate import generate
 from flows.ingest import ingest
@@ -23,11 +28,20 @@ from flows.train import train
 from flows.validate import validate
 from vae_model.atomic import check_writable_dir
 
+# A retrain that hangs would hold the deployment's one slot (CANCEL_NEW) and cancel every later
+# night's run: after this long it fails instead. Long enough for the presets on one GPU, or on CPU
+# for the quality presets (README); VAE_PIPELINE_TIMEOUT_SECONDS for longer recipes.
+TIMEOUT_SECONDS = float(os.environ.get("VAE_PIPELINE_TIMEOUT_SECONDS", 6 * 3600))
 
-@flow(name="vae-pipeline")
-def pipeline(config: dict[str, Any]) -> dict[str, Any]:
-    """Train, gate, register and sample a VAE as the config says."""
-    cfg = PipelineConfig.model_validate(config)
+
+@flow(name="vae-pipeline", timeout_seconds=TIMEOUT_SECONDS)
+def pipeline(config: dict[str, Any] | None = None, preset: str | None = None) -> dict[str, Any]:
+    """Train, gate, register and sample a VAE as the config says.
+
+    config: the whole config; with `preset`, only the keys that differ from the preset's.
+    preset: a file of configs/ by name (e.g. `retrain`) or a YAML path.
+    """
+    cfg = resolve_config(config, preset)
     # Checked before any work so that a bad setting costs seconds and registers nothing.
     check_writable_dir(cfg.generate.out_dir, "generate.out_dir")
     run_id = tracking.start_run(cfg.tracking, run_name=f"{cfg.data.kind}-seed{cfg.train.seed}")
