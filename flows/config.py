@@ -140,31 +140,19 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
             fields = annotation.model_fields
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
-    """Read a YAML config (or the defaults), apply `--set` overrides and validate the result."""
-    tree: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        source = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise UserError(f"{path}: cannot read config file ({exc.strerror})") from None
-        try:
-            tree = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(tree, dict):
-            raise UserError(f"{path}: expected a mapping of sections at the top level")
-    for assignment in overrides or []:
-        apply_override(tree, assignment)
+def read_yaml(path: Path, what: str) -> dict[str, Any]:
+    """A config file's mapping of sections; one line naming `what` when it cannot be read."""
     try:
-        return PipelineConfig.model_validate(tree)
-    except ValidationError as exc:
-        raise UserError(_describe(exc.errors()[0], source)) from None
+        tree = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise UserError(f"{what}: cannot read config file {path} ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{what}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"{what}: expected a mapping of config sections at the top level")
+    return tree
 
 
-_UNSET = object()
 def preset_path(preset: str) -> Path:
     """A bare name is a file of the configs folder (VAE_PIPELINE_CONFIGS in the images, where the
     package is installed apart from its configs/); anything else is a path."""
@@ -180,34 +168,48 @@ def _from_environment(value: str, key: str, source: str) -> str:
     try:
         return string.Template(value).substitute(env)
     except KeyError as exc:
-        raise UserError(f"{source}: config key '{key}' is read from ${exc.args[0]}, which is unset in the worker's "
-                        f"environment; set it there or give '{key}' in the run's config") from None
+        raise UserError(f"{source}: config key '{key}' is read from ${exc.args[0]}, which is unset in the "
+                        f"environment; set it there or give '{key}' another value") from None
     except ValueError as exc:
         raise UserError(f"{source}: config key '{key}': {exc} (write $$ for a literal $)") from None
 
 
-def _merged(preset: Any, override: Any, key: str, source: str) -> Any:
-    """`override` deep-merged over `preset`. Only the preset's own strings that no override
-    replaces read ${VARIABLE}s from the environment: a run's parameters are taken literally."""
-    if override is _UNSET:
-        if isinstance(preset, dict):
-            return {k: _merged(v, _UNSET, f"{key}{k}", source) for k, v in preset.items()}
-        return _from_environment(preset, key, source) if isinstance(preset, str) else preset
-    if isinstance(preset, dict) and isinstance(override, dict):
-        return {k: _merged(preset.get(k, _UNSET), override.get(k, _UNSET), f"{key}{k}.", source)
-                for k in {**preset, **override}}
-    return override
+_UNSET = object()
+
+
+def _merged(base: Any, override: Any, key: str, source: str) -> Any:
+    """`override` deep-merged over the file's `base`. Only the file's own strings that no override
+    replaces read ${VARIABLE}s from the environment: overrides are taken literally."""
+    if isinstance(base, dict) and (override is _UNSET or isinstance(override, dict)):
+        changes = {} if override is _UNSET else override
+        return {k: _merged(base.get(k, _UNSET), changes.get(k, _UNSET), f"{key}.{k}" if key else k, source)
+                for k in {**base, **changes}}
+    if override is not _UNSET:
+        return override
+    return _from_environment(base, key, source) if isinstance(base, str) else base
+
+
+def _validated(tree: dict[str, Any], source: str) -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise UserError(_describe(exc.errors()[0], source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """A YAML config (or the defaults) with `--set` overrides applied, validated."""
+    changes: dict[str, Any] = {}
+    for assignment in overrides or []:
+        apply_override(changes, assignment)
+    if path is None:
+        return _validated(changes, "defaults")
+    return _validated(_merged(read_yaml(Path(path), str(path)), changes, "", str(path)), str(path))
 
 
 def resolve_config(config: dict[str, Any] | None, preset: str | None = None) -> PipelineConfig:
-    """The preset with `config` deep-merged over it; without a preset, `config` is the whole config."""
+    """A deployment run's config: the preset (a file of configs/ by name, or a path) with `config`
+    deep-merged over it; without a preset, `config` is the whole config."""
     if preset is None:
-        return PipelineConfig.model_validate(config or {})
+        return _validated(config or {}, "config")
     path = preset_path(preset)
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise UserError(f"preset {preset!r}: cannot read {path} ({exc.strerror})") from None
-    if not isinstance(tree, dict):
-        raise UserError(f"preset {preset!r}: {path} is not a mapping of config sections")
-    return PipelineConfig.model_validate(_merged(tree, config or {}, "", str(path)))
+    return _validated(_merged(read_yaml(path, f"preset {preset!r}"), config or {}, "", str(path)), str(path))

@@ -317,17 +317,23 @@ def test_preset_reads_only_its_own_strings_from_the_environment(monkeypatch, tmp
     assert resolve_config({"train": {"epochs": 2}}).train.epochs == 2
     with pytest.raises(UserError, match="preset 'nope': cannot read"):
         resolve_config({}, "nope")
+    # `--config FILE --set ...` reads the file the same way: its own strings from the environment.
+    from flows.config import load_config
+
+    preset.write_text("data:\n  path: ${VAE_RETRAIN_DATA_PATH}/x\ntracking:\n  experiment: $$HOME\n")
+    monkeypatch.setenv("VAE_RETRAIN_DATA_PATH", "/srv")
+    cfg = load_config(preset, ["train.seed=4"])
+    assert (cfg.data.path, cfg.tracking.experiment, cfg.train.seed) == ("/srv/x", "$HOME", 4)
 
 
 def test_preset_gates_stay_measurable(monkeypatch):
-    from pydantic import ValidationError
-
     from flows.config import resolve_config
+    from vae_model.errors import UserError
 
     monkeypatch.setenv("VAE_RETRAIN_DATA_KIND", "mnist")
     monkeypatch.setenv("VAE_RETRAIN_DATA_PATH", "/data")
     # Turning the evaluate step off would leave the preset's sample gates unmeasured: refused.
-    with pytest.raises(ValidationError, match="validate.max_fcd_ratio"):
+    with pytest.raises(UserError, match="validate.max_fcd_ratio"):
         resolve_config({"evaluate": {"enabled": False}}, "retrain")
 
 
