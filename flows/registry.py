@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 
 from vae_model import sampler_weights
 from vae_model.errors import UserError
-from vae_model.generate import SamplerSpec
+from vae_model.sampling import SamplerSpec
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 

@@ -26,6 +26,7 @@ import pytest
 import torch
 
 import vae_model.generate as gen
+import vae_model.sampling as sampling
 from flows.generate import generate
 from tests.conftest import register_tiny_models
 from vae_model.errors import UserError
@@ -48,7 +49,7 @@ def _parts(folder: Path) -> list[str]:
 
 def test_repeats_are_byte_identical_and_read_back_everywhere(prefect_server, models, tmp_path, monkeypatch):
     # Small blocks, so that each shard has several row groups and PNG blocks in flight.
-    monkeypatch.setattr(gen, "DECODE_BLOCK", 64)
+    monkeypatch.setattr(sampling, "DECODE_BLOCK", 64)
     args = dict(num_samples=300, shard_size=128, tracking_uri=models["store"], formats=["parquet", "png"])
     a = generate(models["plain"], out_dir=str(tmp_path / "a"), seed=7, **args)
     generate(models["plain"], out_dir=str(tmp_path / "b"), seed=7, **args)
@@ -97,9 +98,9 @@ def test_generation_loads_the_versions_weights_which_match_its_exported_program(
     # The spec read from the weights file is the one the MLmodel metadata documents.
     meta = mlflow.models.get_model_info(f"models:/{model['name']}/{model['version']}").metadata
     assert spec == {key: meta[key] for key in spec} and spec["num_classes"] > 0
-    labels, _ = gen.parse_labels(None, spec["num_classes"])
-    request = gen.Request(64, 0, models["cond"], model["name"], model["version"], labels=labels)
-    _, inputs, _ = next(gen.shard_blocks(gen.SamplerSpec(**spec), request, 0))
+    labels, _ = sampling.parse_labels(None, spec["num_classes"])
+    request = sampling.Request(64, 0, models["cond"], model["name"], model["version"], labels=labels)
+    _, inputs, _ = next(sampling.shard_blocks(sampling.SamplerSpec(**spec), request, 0))
     assert inputs.shape == (64, spec["latent_dim"] + 1 + spec["num_classes"])
     with torch.inference_mode():
         assert torch.allclose(sampler(inputs), exported(inputs), atol=1e-6)
@@ -123,8 +124,8 @@ def test_generate_and_a_plain_pyfunc_client_draw_the_same_samples(prefect_server
         generate(models[kind], num_samples=200, out_dir=str(out), seed=5, formats=["parquet"], tracking_uri=models["store"])
         written = pd.read_parquet(_parts(out))
         model = registry.resolve(models[kind])
-        request = gen.Request.from_dict(json.loads((out / ".shards" / "request.json").read_text()))
-        _, inputs, labels = next(gen.shard_blocks(gen.SamplerSpec(**model["spec"]), request, 0))
+        request = sampling.Request.from_dict(json.loads((out / ".shards" / "request.json").read_text()))
+        _, inputs, labels = next(sampling.shard_blocks(sampling.SamplerSpec(**model["spec"]), request, 0))
         assert (labels is not None) == (kind == "cond")
         pixels = mlflow.pyfunc.load_model(models[kind]).predict(inputs.numpy())
         expected = np.rint(np.asarray(pixels) * 255).astype(np.int16)
@@ -171,12 +172,12 @@ def test_shard_bytes_do_not_depend_on_threads_or_neighbours(models, tmp_path, mo
     three-thread torch; the caller's thread count is left as it was."""
     from flows import registry, tracking
 
-    monkeypatch.setattr(gen, "DECODE_BLOCK", 32)
+    monkeypatch.setattr(sampling, "DECODE_BLOCK", 32)
     tracking.use({"uri": models["store"]})
     model = registry.resolve(models["plain"])
     decode = registry.load_sampler(model["name"], model["version"])
-    spec = gen.SamplerSpec(**model["spec"])
-    request = gen.Request(400, 3, models["plain"], model["name"], model["version"], ("parquet",), 100)
+    spec = sampling.SamplerSpec(**model["spec"])
+    request = sampling.Request(400, 3, models["plain"], model["name"], model["version"], ("parquet",), 100)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
