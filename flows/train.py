@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 import torch
 from mlflow import MlflowClient
 from mlflow.models import ModelSignature
@@ -75,6 +76,8 @@ def log_sampler(model: VAE) -> str:
             name="model", python_model=str(SERVED_MODEL),
             artifacts={"sampler": str(save_sampler(model, Path(folder) / SAMPLER_FILE))},
             signature=ModelSignature(inputs=REQUEST),
+            # Shown in the MLflow UI and checked through the serving path when logged.
+            input_example=pd.DataFrame([{"num_samples": 2, "seed": 0}]),
             # Explicit: inferring them would load the model in a subprocess. `vae_model` is this
             # project's package, installed where the model is served (as on Dask workers).
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas"],
