@@ -14,6 +14,7 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Annotated, Any, NoReturn  # noqa: E402
 
@@ -105,10 +106,10 @@ def _exit_now() -> NoReturn:
     os._exit(0)
 
 
-def _in_process(result: Any, debug: bool) -> Any:
+def _in_process(request: Callable[[], Any], debug: bool) -> Any:
     """Run a request without Prefect; a failure is one line, as from a flow."""
     try:
-        return result()
+        return request()
     except UserError as exc:
         _fail(str(exc))
     except Exception as exc:
