@@ -8,7 +8,7 @@ see the same machine load. Cases:
 
 - project parquet (1M) and project png (100k): the real `generate` flow (Prefect tasks, the
   registered version's sampler weights, shard records, sha256, manifest);
-- naive parquet (1M): load the torch.export program with `mlflow.pytorch.load_model`, decode
+- naive parquet (1M): build the sampler from the version's `sampler.pt` artifact, decode
   all N at once, one pyarrow table, one `pq.write_table`;
 - naive png (100k): decode all N at once, then one Pillow `save` per image;
 - project parquet (10M): memory must stay flat;
@@ -119,11 +119,14 @@ def case_naive(args) -> float:
 
     mlflow.set_tracking_uri(args.store)
     mlflow.set_registry_uri(args.store)
-    sampler = mlflow.pytorch.load_model(args.model)
+    from vae_model.sampler_weights import load_weights
+
+    sampler = load_weights(mlflow.artifacts.download_artifacts(f"{args.model}/artifacts/sampler.pt")).sampler()
     started = time.perf_counter()
     with torch.no_grad():
-        z = torch.randn(args.n, 20, generator=torch.Generator().manual_seed(0))
-        pixels = (sampler(z) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        generator = torch.Generator().manual_seed(0)
+        inputs = torch.cat([torch.randn(args.n, 20, generator=generator), torch.rand(args.n, 1, generator=generator)], 1)
+        pixels = (sampler(inputs) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
     out = Path(args.out)
     out.mkdir(parents=True)
     if args.case.endswith("parquet"):

@@ -1,7 +1,8 @@
 """Step 5, and the on-demand flow: sample a registered model into Parquet and PNG shards.
 
 Shards are mapped Prefect tasks, each made by one thread on one core. By default they run in
-this process, one per core at a time; with `dask_address` they run on that Dask cluster, and
+this process, one per core at a time (the command runs the same steps without Prefect:
+`flows.request`); with `dask_address` they run on that Dask cluster, and
 with `dask_workers` on a local cluster of that many single-threaded worker processes.
 """
 
@@ -15,12 +16,11 @@ from prefect import flow, task, unmapped
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows import registry, tracking
+from flows.request import finish, plan
 from flows.retry import network
 from vae_model.errors import UserError
-from vae_model.generate import (
-    Request, SamplerSpec, check_positive, cores, make_shard, num_shards, parse_labels, png_pool, prepare_output,
-    write_manifest,
-)
+from vae_model.generate import cores, make_shard, png_pool
+from vae_model.sampling import Request, SamplerSpec, num_shards
 
 
 # No task timeout: shards run in worker threads, where Prefect cannot interrupt a blocked call;
@@ -65,7 +65,7 @@ def _connect(runner: TaskRunner, dask_address: str | None) -> None:
 def generate(
     model_uri: str,
     num_samples: int,
-    out_dir: str,
+    out_dir: str | None = None,
     seed: int = 0,
     formats: list[str] | None = None,
     labels: str | None = None,
@@ -76,29 +76,20 @@ def generate(
     dask_workers: int = 0,
     temperature: float = 1.0,
 ) -> dict[str, Any]:
-    """Generate `num_samples` from a registered model into `out_dir`, manifest last."""
-    check_positive("--num-samples", num_samples)
-    check_positive("--shard-size", shard_size)
+    """Generate `num_samples` from a registered model into `out_dir` (default: a folder per model
+    version and request, `flows.request.default_out_dir`), manifest last; returns the folder."""
     runner = shard_runner(dask_address, dask_workers)
-    tracking.use({"uri": tracking_uri})
+    planned = plan(model_uri, num_samples, out_dir, seed=seed, formats=formats, labels=labels, shard_size=shard_size,
+                   overwrite=overwrite, tracking_uri=tracking_uri, temperature=temperature)
     # Workers in other processes (Dask) must find the same store, whatever their working directory.
     store = mlflow.get_tracking_uri()
-    model = registry.resolve(model_uri)
-    label_spec, proportions = parse_labels(labels, model["spec"]["num_classes"])
-    request = Request(
-        num_samples=num_samples, seed=seed, model_uri=model_uri, model_name=model["name"],
-        model_version=model["version"], formats=tuple(sorted(set(formats or ["parquet", "png"]))),
-        shard_size=shard_size, labels=label_spec, labels_are_proportions=proportions, temperature=temperature,
-    )
-    out = prepare_output(out_dir, request, overwrite).resolve()
     parameters = {
-        "model": unmapped(model), "request": unmapped(request.to_dict()), "shard": range(num_shards(request)),
-        "out_dir": unmapped(str(out)), "tracking_uri": unmapped(store),
+        "model": unmapped(planned.model), "request": unmapped(planned.request.to_dict()),
+        "shard": range(num_shards(planned.request)), "out_dir": unmapped(str(planned.out)), "tracking_uri": unmapped(store),
     }
-    if "png" in request.formats and not (dask_address or dask_workers):
+    if "png" in planned.request.formats and not (dask_address or dask_workers):
         png_pool(cores())  # forked before the shard threads exist, not beside one running torch
     with runner:
         _connect(runner, dask_address)
         runner.map(generate_shard, parameters).result()
-    manifest = write_manifest(out, request)
-    return {"out_dir": str(out), "manifest": str(manifest), "model_version": model["version"], "rows": num_samples}
+    return finish(planned)

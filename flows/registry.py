@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 
 from vae_model import sampler_weights
 from vae_model.errors import UserError
-from vae_model.generate import SamplerSpec
+from vae_model.sampling import SamplerSpec
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 
@@ -47,20 +47,27 @@ def _spec(name: str, version: str) -> SamplerSpec:
 
 
 def load_sampler(name: str, version: str):
-    """The version's decoder, built from its weights file (never unpickled code)."""
+    """The version's prior and decoder, built from its weights file (never unpickled code)."""
     return _load(mlflow.get_registry_uri(), name, version)
 
 
 # Both caches are keyed by the registry too: one process may talk to several (the tests do).
+# Where versions keep `sampler.pt`: the served model's artifact, then (versions logged as a
+# torch.export program) its extra file.
+WEIGHTS_PATHS = (f"artifacts/{sampler_weights.SAMPLER_FILE}", f"extra_files/{sampler_weights.SAMPLER_FILE}")
+
+
 @functools.lru_cache(maxsize=4)
 def _weights(registry_uri: str, name: str, version: str) -> sampler_weights.SamplerWeights | None:
     """The version's `sampler.pt`, read once per process for both the spec and the decoder;
     None for versions logged before it."""
-    try:
-        path = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}/extra_files/{sampler_weights.SAMPLER_FILE}")
-    except (MlflowException, OSError):
-        return None
-    return sampler_weights.load_weights(path)
+    for path in WEIGHTS_PATHS:
+        try:
+            local = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}/{path}")
+        except (MlflowException, OSError):
+            continue
+        return sampler_weights.load_weights(local)
+    return None
 
 
 @functools.lru_cache(maxsize=4)

@@ -19,7 +19,7 @@ from flows.config import TrackingConfig
 from vae_model.errors import UserError
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-# Our models are torch.export programs: refuse anything that would need unpickling.
+# Our models are logged from code (older ones as torch.export programs): refuse anything that would need unpickling.
 os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
 # MLflow's own HTTP retries back off for minutes; Prefect's task retries are the outer loop.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
+import pandas as pd
 import torch
 from mlflow import MlflowClient
 from mlflow.models import ModelSignature
-from mlflow.types import Schema, TensorSpec
+from mlflow.types import ColSpec, Schema
 from prefect import task
 
 from flows import tracking
@@ -22,7 +21,7 @@ from vae_model.checkpoint import checkpoint_path
 from vae_model.data import read_snapshot
 from vae_model.evaluate import held_out
 from vae_model.images import reconstruction_grid, sample_grid
-from vae_model.model import VAE, Sampler, sampler_input_dim
+from vae_model.model import VAE
 from vae_model.sampler_weights import SAMPLER_FILE, save_sampler
 from vae_model.train import train as fit
 from vae_model.train import vae_config
@@ -57,27 +56,31 @@ def train(cfg: PipelineConfig, data: dict[str, Any], run_id: str) -> dict[str, A
             "resumed_from_epoch": result.resumed_from_epoch}
 
 
+SERVED_MODEL = Path(__file__).with_name("served_sampler.py")
+REQUEST = Schema([
+    ColSpec("long", "num_samples"),
+    ColSpec("long", "seed", required=False),
+    ColSpec("string", "labels", required=False),
+    ColSpec("double", "temperature", required=False),
+    ColSpec("long", "shard_size", required=False),
+])
+
+
 def log_sampler(model: VAE) -> str:
-    """Log the prior and decoder (`Sampler`) as a torch.export (pt2) model: no pickle, loads with
-    plain MLflow. Their weights ride along as `extra_files/sampler.pt`, which generation loads instead."""
-    cfg = model.cfg
-    width = sampler_input_dim(cfg)
-    example = np.random.default_rng(0).uniform(size=(2, width)).astype(np.float32)
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, width))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, cfg.input_dim))]),
-    )
-    # MLflow checks the input example through its JSON serving path, which the pytorch flavor
-    # does not accept (lists), and logs a long warning; the pt2 export itself checks the example.
-    logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)
+    """Log the model as `flows/served_sampler.py` (a request in, samples out; models from code, no
+    pickle) with the prior's and decoder's tensors as its artifact `sampler.pt`, which
+    `generate` reads too."""
     with tempfile.TemporaryDirectory() as folder:
-        # Explicit: the default depends on the MLflow version and on Databricks, and may be pickle.
-        info = mlflow.pytorch.log_model(
-            Sampler.of(model), name="model", input_example=example, signature=signature, serialization_format="pt2",
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            extra_files=[str(save_sampler(model, Path(folder) / SAMPLER_FILE))],
-            metadata={**cfg.to_dict(), "input": "standard-normal noise (latent_dim, times the temperature), "
-                      "one uniform in [0, 1) picking the prior's component, one-hot labels (num_classes)",
-                      "output": "pixel means in [0, 1], flattened C*H*W"},
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(SERVED_MODEL),
+            artifacts={"sampler": str(save_sampler(model, Path(folder) / SAMPLER_FILE))},
+            signature=ModelSignature(inputs=REQUEST),
+            # Shown in the MLflow UI and checked through the serving path when logged.
+            input_example=pd.DataFrame([{"num_samples": 2, "seed": 0}]),
+            # Explicit: inferring them would load the model in a subprocess. `vae_model` is this
+            # project's package, installed where the model is served (as on Dask workers).
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas"],
+            metadata={**model.cfg.to_dict(), "input": "a request per row: num_samples, seed, labels, temperature, shard_size",
+                      "output": "a row per sample: request, sample_id, label, pixels (uint8, C*H*W)"},
         )
     return info.model_id

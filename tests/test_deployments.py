@@ -280,7 +280,8 @@ def test_deployment_parameters_are_the_flows_own(deployments):
 
     gen = deployments["generate"]
     assert gen.entrypoint == "flows.generate.generate" and gen.work_pool_name == "vae-cpu" and not gen.schedules
-    assert {"model_uri", "num_samples", "seed", "labels", "out_dir"} <= set(gen.parameters)
+    assert {"model_uri", "num_samples", "seed", "labels"} <= set(gen.parameters)
+    assert "out_dir" not in gen.parameters  # a folder per request (flows.request.default_out_dir), not one shared
     assert set(gen.parameters) <= set(inspect.signature(generate.fn).parameters)
     assert set(deployments["retrain"].parameters) <= set(inspect.signature(pipeline.fn).parameters)
     # Workers run in $VAE_PIPELINE_WORKDIR, resolved on the worker, never the deploying machine's path.

@@ -26,6 +26,7 @@ import pytest
 import torch
 
 import vae_model.generate as gen
+import vae_model.sampling as sampling
 from flows.generate import generate
 from tests.conftest import register_tiny_models
 from vae_model.errors import UserError
@@ -42,13 +43,17 @@ def _tree(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _labels(column: pd.Series) -> list[int | None]:
+    return [None if pd.isna(v) else int(v) for v in column]
+
+
 def _parts(folder: Path) -> list[str]:
     return sorted(glob.glob(str(folder / "part-*.parquet")))
 
 
 def test_repeats_are_byte_identical_and_read_back_everywhere(prefect_server, models, tmp_path, monkeypatch):
     # Small blocks, so that each shard has several row groups and PNG blocks in flight.
-    monkeypatch.setattr(gen, "DECODE_BLOCK", 64)
+    monkeypatch.setattr(sampling, "DECODE_BLOCK", 64)
     args = dict(num_samples=300, shard_size=128, tracking_uri=models["store"], formats=["parquet", "png"])
     a = generate(models["plain"], out_dir=str(tmp_path / "a"), seed=7, **args)
     generate(models["plain"], out_dir=str(tmp_path / "b"), seed=7, **args)
@@ -85,55 +90,65 @@ def test_repeats_are_byte_identical_and_read_back_everywhere(prefect_server, mod
     assert np.array_equal(np.asarray(folder.loader(path).convert("L")), pixels)
 
 
-def test_generation_loads_the_versions_weights_which_match_its_exported_program(models):
+def test_generation_loads_the_versions_weights_not_unpickled_code(models):
     from flows import registry, tracking
+    from vae_model.model import Sampler
 
     tracking.use({"uri": models["store"]})
     model = registry.resolve(models["cond"])
-    sampler = registry.load_sampler(model["name"], model["version"])
-    exported = mlflow.pytorch.load_model(f"models:/{model['name']}/{model['version']}")
-    assert "torch.fx" not in type(sampler).__module__
-    spec = model["spec"]
+    assert isinstance(registry.load_sampler(model["name"], model["version"]), Sampler)
     # The spec read from the weights file is the one the MLmodel metadata documents.
     meta = mlflow.models.get_model_info(f"models:/{model['name']}/{model['version']}").metadata
-    assert spec == {key: meta[key] for key in spec} and spec["num_classes"] > 0
-    labels, _ = gen.parse_labels(None, spec["num_classes"])
-    request = gen.Request(64, 0, models["cond"], model["name"], model["version"], labels=labels)
-    _, inputs, _ = next(gen.shard_blocks(gen.SamplerSpec(**spec), request, 0))
-    assert inputs.shape == (64, spec["latent_dim"] + 1 + spec["num_classes"])
-    with torch.inference_mode():
-        assert torch.allclose(sampler(inputs), exported(inputs), atol=1e-6)
+    assert model["spec"] == {key: meta[key] for key in model["spec"]} and model["spec"]["num_classes"] > 0
+    prior = registry._weights(mlflow.get_registry_uri(), model["name"], model["version"]).prior
+    assert prior is not None and float(prior["means"].abs().sum()) > 0  # a fitted mixture, not N(0, I)
 
 
-def test_the_registered_model_is_a_torch_export_program_not_a_pickle(models):
+def test_the_registered_model_is_logged_from_code_not_a_pickle(models):
     local = Path(mlflow.artifacts.download_artifacts(models["plain"]))
     files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
-    assert "data/model.pt2" in files
-    assert not files & {"data/model.pth", "data/pickle_module_info.txt"}
+    assert {"served_sampler.py", "artifacts/sampler.pt"} <= files
+    assert not {f for f in files if f.endswith((".pkl", ".pth", ".pt2"))}
+    assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"  # set by flows.tracking
+    assert len(mlflow.pyfunc.load_model(models["plain"]).predict(pd.DataFrame([{"num_samples": 3}]))) == 3
 
 
-def test_generate_and_a_plain_pyfunc_client_draw_the_same_samples(prefect_server, models, tmp_path):
-    """The fitted prior is inside the registered program: fed the inputs `generate` draws for a
-    seed, plain MLflow returns the pixels `generate` wrote, for both kinds of model."""
-    from flows import registry, tracking
+def test_the_registered_model_returns_the_samples_generate_writes(prefect_server, models, tmp_path):
+    """A request to plain MLflow's pyfunc gives, byte for byte, the pixels and labels `generate`
+    writes for the same request: several shards, labels, temperature."""
+    cases = {"plain": dict(temperature=0.7), "cond": dict(labels="0:0.75,9:0.25")}
+    for kind, options in cases.items():
+        out = tmp_path / kind
+        generate(models[kind], num_samples=300, out_dir=str(out), seed=5, shard_size=128, formats=["parquet"],
+                 tracking_uri=models["store"], **options)
+        written = pd.read_parquet(_parts(out)).sort_values("sample_id", ignore_index=True)
+        served = mlflow.pyfunc.load_model(models[kind]).predict(
+            pd.DataFrame([{"num_samples": 300, "seed": 5, "shard_size": 128, **options}]))
+        assert served["sample_id"].tolist() == written["sample_id"].tolist() == list(range(300))
+        assert [bytes(p) for p in served["pixels"]] == written["pixels"].tolist()
+        assert _labels(served["label"]) == _labels(written["label"])
+        assert (kind == "cond") == (set(_labels(served["label"])) == {0, 9})
+
+
+def test_a_version_logged_as_an_exported_program_with_its_weights_file_still_generates(prefect_server, models, tmp_path):
+    """Versions logged before the served model: a torch.export program with `extra_files/sampler.pt`.
+    Generation reads that file, so the same weights give the same bytes as today's layout."""
+    from flows import tracking
+    from vae_model.sampler_weights import load_weights
 
     tracking.use({"uri": models["store"]})
-    for kind in ("plain", "cond"):
-        out = tmp_path / kind
-        generate(models[kind], num_samples=200, out_dir=str(out), seed=5, formats=["parquet"], tracking_uri=models["store"])
-        written = pd.read_parquet(_parts(out))
-        model = registry.resolve(models[kind])
-        request = gen.Request.from_dict(json.loads((out / ".shards" / "request.json").read_text()))
-        _, inputs, labels = next(gen.shard_blocks(gen.SamplerSpec(**model["spec"]), request, 0))
-        assert (labels is not None) == (kind == "cond")
-        pixels = mlflow.pyfunc.load_model(models[kind]).predict(inputs.numpy())
-        expected = np.rint(np.asarray(pixels) * 255).astype(np.int16)
-        got = np.stack([np.frombuffer(p, np.uint8) for p in written["pixels"]]).astype(np.int16)
-        # The exported program and the eager decoder may differ in a float's last bit: a pixel
-        # exactly between two grey levels may round the other way, nothing more.
-        assert np.abs(expected - got).max() <= 1 and (expected == got).mean() > 0.999
-        prior = registry._weights(mlflow.get_registry_uri(), model["name"], model["version"]).prior
-        assert prior is not None and float(prior["means"].abs().sum()) > 0  # a fitted mixture, not N(0, I)
+    weights = mlflow.artifacts.download_artifacts(f"{models['plain']}/artifacts/sampler.pt")
+    sampler = load_weights(weights).sampler()
+    width = sampler.latent_dim + 1
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(sampler, name="model", serialization_format="pt2", pip_requirements=["torch"],
+                                        input_example=np.zeros((2, width), np.float32), extra_files=[weights])
+    version = mlflow.register_model(f"models:/{info.model_id}", "exported-with-weights").version
+    args = dict(num_samples=50, seed=3, formats=["parquet"], tracking_uri=models["store"])
+    generate(f"models:/exported-with-weights/{version}", out_dir=str(tmp_path / "old"), **args)
+    generate(models["plain"], out_dir=str(tmp_path / "new"), **args)
+    old, new = (pd.read_parquet(_parts(tmp_path / x)) for x in ("old", "new"))
+    assert old["pixels"].tolist() == new["pixels"].tolist()
 
 
 def test_a_version_without_the_weights_file_loads_its_exported_program(models):
@@ -171,12 +186,12 @@ def test_shard_bytes_do_not_depend_on_threads_or_neighbours(models, tmp_path, mo
     three-thread torch; the caller's thread count is left as it was."""
     from flows import registry, tracking
 
-    monkeypatch.setattr(gen, "DECODE_BLOCK", 32)
+    monkeypatch.setattr(sampling, "DECODE_BLOCK", 32)
     tracking.use({"uri": models["store"]})
     model = registry.resolve(models["plain"])
     decode = registry.load_sampler(model["name"], model["version"])
-    spec = gen.SamplerSpec(**model["spec"])
-    request = gen.Request(400, 3, models["plain"], model["name"], model["version"], ("parquet",), 100)
+    spec = sampling.SamplerSpec(**model["spec"])
+    request = sampling.Request(400, 3, models["plain"], model["name"], model["version"], ("parquet",), 100)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

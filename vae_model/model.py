@@ -193,11 +193,11 @@ def sampler_input(noise: torch.Tensor, uniform: torch.Tensor, labels: np.ndarray
 
 
 class Sampler(nn.Module):
-    """What the registry holds: the prior and the decoder as one program. In: standard-normal
+    """The prior and the decoder as one module, what generation runs. In: standard-normal
     noise (latent_dim columns, times the temperature), one uniform number in [0, 1) that picks
     the prior's mixture component, and the one-hot label (num_classes columns; none for an
     unconditional model). Out: pixel means in [0, 1], shaped (B, C*H*W). One tensor in and out
-    keeps the torch.export signature simple."""
+    kept the torch.export signature of older registered versions simple."""
 
     def __init__(self, decoder: nn.Module, prior: MixturePrior, cfg: VAEConfig):
         super().__init__()

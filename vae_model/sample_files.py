@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 from vae_model.atomic import AtomicFolder, atomic_path
 
 if TYPE_CHECKING:
-    from vae_model.generate import Request
+    from vae_model.sampling import Request
 
 # Pillow's default level: level 1 measured no faster here and made files 75% larger. The bytes
 # are deterministic at any level (fixed by the zlib build Pillow ships).

@@ -1,8 +1,7 @@
 """The sampler as plain weights: the prior's and decoder's tensors and the config in one `torch.save` file.
 
-Generation builds the decoder from `vae_model` and loads these tensors (never unpickled code).
-That skips torch.export's loader, which costs a generating process seconds of imports and
-about 170 MB, and runs the same modules that training used.
+Generation and the served model build the prior and decoder from `vae_model` and load these
+tensors (never unpickled code): the same modules that training used, and no model loader's imports.
 """
 
 from __future__ import annotations

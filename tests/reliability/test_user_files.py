@@ -12,7 +12,8 @@ from mlflow import MlflowClient
 from flows.generate import generate
 from tests.conftest import TINY, register_tiny_models
 from vae_model.errors import UserError
-from vae_model.generate import Request, prepare_output
+from vae_model.generate import prepare_output
+from vae_model.sampling import Request
 
 
 def _tree(folder: Path) -> dict[str, bytes]:

@@ -1,0 +1,68 @@
+"""An on-demand generation request, from its arguments to its manifest, without Prefect.
+
+The Prefect flow (`flows.generate`) and the command's in-process path (`vae-pipeline generate`
+with no Prefect API configured) share these steps and `vae_model.generate.make_shard`; they
+differ only in what runs the shards. Importing this module never imports Prefect, which with
+its temporary server costs a request seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flows import registry, tracking
+from vae_model.generate import cores, make_shards, prepare_output, write_manifest
+from vae_model.sampling import Request, SamplerSpec, check_positive, parse_labels
+
+DEFAULT_ROOT = Path("outputs")
+
+
+@dataclass(frozen=True)
+class Planned:
+    model: dict[str, Any]
+    request: Request
+    out: Path
+
+
+def default_out_dir(request: Request) -> Path:
+    """A folder per model version and request, so that two requests never share one:
+    outputs/<model>/v<version>/seed<seed>-n<num>-<hash of the whole request>."""
+    digest = hashlib.sha256(json.dumps(request.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    return DEFAULT_ROOT / request.model_name / f"v{request.model_version}" / f"seed{request.seed}-n{request.num_samples}-{digest}"
+
+
+def plan(model_uri: str, num_samples: int, out_dir: str | None, seed: int = 0, formats: list[str] | None = None,
+         labels: str | None = None, shard_size: int = 65536, overwrite: bool = False,
+         tracking_uri: str | None = None, temperature: float = 1.0) -> Planned:
+    """Check the request, resolve the model and prepare the output folder (resume or refuse)."""
+    check_positive("--num-samples", num_samples)
+    check_positive("--shard-size", shard_size)
+    tracking.use({"uri": tracking_uri})
+    model = registry.resolve(model_uri)
+    label_spec, proportions = parse_labels(labels, model["spec"]["num_classes"])
+    request = Request(
+        num_samples=num_samples, seed=seed, model_uri=model_uri, model_name=model["name"],
+        model_version=model["version"], formats=tuple(sorted(set(formats or ["parquet", "png"]))),
+        shard_size=shard_size, labels=label_spec, labels_are_proportions=proportions, temperature=temperature,
+    )
+    out = prepare_output(out_dir if out_dir is not None else default_out_dir(request), request, overwrite).resolve()
+    return Planned(model, request, out)
+
+
+def finish(planned: Planned) -> dict[str, Any]:
+    """Write the manifest (last) and say where the request's files are."""
+    manifest = write_manifest(planned.out, planned.request)
+    return {"out_dir": str(planned.out), "manifest": str(manifest), "model_version": planned.model["version"],
+            "rows": planned.request.num_samples}
+
+
+def generate_here(model_uri: str, num_samples: int, out_dir: str | None, **options: Any) -> dict[str, Any]:
+    """The whole request in this process: shards on a thread each, one per core at a time."""
+    planned = plan(model_uri, num_samples, out_dir, **options)
+    decode = registry.load_sampler(planned.model["name"], planned.model["version"])
+    make_shards(decode, SamplerSpec(**planned.model["spec"]), planned.request, planned.out, cores())
+    return finish(planned)

@@ -1,0 +1,71 @@
+"""The registered model, logged from this file (MLflow models from code, no pickle): a request
+in, its samples out, the very draws `vae-pipeline generate` writes for the same request.
+
+Input: one row per request, columns `num_samples`, and optionally `seed` (0), `labels` (as
+`--labels`: "3", "0,1,2" or "0:0.7,1:0.3"), `temperature` (1.0) and `shard_size` (65536: part
+of what defines the draws). Output: a row per sample, `request` (the input row), `sample_id`,
+`label` (null for an unconditional model) and `pixels` (uint8, C*H*W). The weights are the
+artifact `sampler.pt`, read with `weights_only=True`; the package `vae_model` must be importable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import set_model
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
+
+from vae_model.errors import UserError
+from vae_model.sampler_weights import load_weights
+from vae_model.sampling import (
+    Request,
+    SamplerSpec,
+    draw_shard,
+    num_shards,
+    one_torch_thread,
+    parse_labels,
+)
+
+
+def _given(row: dict, key: str, default):
+    value = row.get(key)
+    return default if value is None or (isinstance(value, float) and np.isnan(value)) else value
+
+
+class SampleRequests(PythonModel):
+    def load_context(self, context) -> None:
+        weights = load_weights(context.artifacts["sampler"])
+        self.decode = weights.sampler()
+        self.spec = SamplerSpec.of(weights.config)
+
+    def request(self, row: dict) -> Request:
+        labels, proportions = parse_labels(_given(row, "labels", None), self.spec.num_classes)
+        # The model fields only label files; they play no part in the draws.
+        return Request(num_samples=int(row["num_samples"]), seed=int(_given(row, "seed", 0)), model_uri="",
+                       model_name="", model_version="", shard_size=int(_given(row, "shard_size", 65536)),
+                       labels=labels, labels_are_proportions=proportions,
+                       temperature=float(_given(row, "temperature", 1.0)))
+
+    def samples(self, request: Request) -> pd.DataFrame:
+        with one_torch_thread():
+            blocks = [b for shard in range(num_shards(request)) for b in draw_shard(self.decode, self.spec, request, shard)]
+        images = np.concatenate([images for _, images, _ in blocks]).reshape(request.num_samples, -1)
+        labels = None if self.spec.num_classes == 0 else np.concatenate([labels for _, _, labels in blocks])
+        return pd.DataFrame({
+            "sample_id": np.concatenate([ids for ids, _, _ in blocks]),
+            "label": pd.array(labels if labels is not None else [None] * request.num_samples, dtype="Int64"),
+            "pixels": list(images),
+        })
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        try:
+            requests = [self.request(row) for row in model_input.to_dict("records")]
+        except (UserError, KeyError, ValueError, TypeError) as exc:
+            message = f"missing column {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise MlflowException(f"bad request: {message}", INVALID_PARAMETER_VALUE) from None
+        return pd.concat([self.samples(r).assign(request=i) for i, r in enumerate(requests)], ignore_index=True)
+
+
+set_model(SampleRequests())

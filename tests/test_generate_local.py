@@ -1,0 +1,84 @@
+"""`vae-pipeline generate` without a Prefect API: the request runs in the command's process, never
+imports Prefect, and writes the bytes the Prefect flow writes; without --out, each request gets
+its own folder, from the command and from the flow alike."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.generate import generate
+from tests.conftest import register_tiny_models
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return register_tiny_models(tmp_path_factory.mktemp("registry"), {"cond": True})
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _command(cwd: Path, store: str, *args: str, api: str | None = None) -> subprocess.CompletedProcess:
+    """The real command, in a process with no Prefect API unless `api` is given; -X importtime
+    lists every module it imported on stderr."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update({"MLFLOW_TRACKING_URI": store, "PREFECT_HOME": str(cwd / ".prefect"), **({"PREFECT_API_URL": api} if api else {})})
+    return subprocess.run([sys.executable, "-X", "importtime", "-m", "flows.cli", "generate", "--model", "models:/cond@champion", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def _imported(stderr: str) -> set[str]:
+    return {line.split("|")[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_without_a_prefect_api_the_command_runs_in_process_and_writes_the_flows_bytes(prefect_server, store, tmp_path):
+    request = ["--num-samples", "300", "--shard-size", "128", "--seed", "4", "--labels", "0,3", "--format", "parquet,png"]
+    done = _command(tmp_path, store, *request, "--out", "here")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not {m for m in _imported(done.stderr) if m.split(".")[0] == "prefect"}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["out_dir"] == str(tmp_path / "here") and result["rows"] == 300
+    generate("models:/cond@champion", 300, str(tmp_path / "flow"), seed=4, labels="0,3", shard_size=128, tracking_uri=store)
+    assert _tree(tmp_path / "here") == _tree(tmp_path / "flow")
+    # The same request again resumes into its folder; another one is refused there, in one line.
+    assert _command(tmp_path, store, *request, "--out", "here").returncode == 0
+    refused = _command(tmp_path, store, "--num-samples", "5", "--out", "here")
+    assert refused.returncode == 1 and "another request" in refused.stderr and "Traceback" not in refused.stderr
+    bad = _command(tmp_path, store, "--num-samples", "5", "--labels", "12")
+    assert bad.returncode == 1 and "label 12 is outside 0..9" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_prefect_flag_runs_the_flow_on_the_configured_api(prefect_server, store, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    done = _command(tmp_path, store, "--num-samples", "20", "--out", "via-flow", "--prefect", api=prefect_server)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "prefect" in {m.split(".")[0] for m in _imported(done.stderr)}
+    out = json.loads(done.stdout.strip().splitlines()[-1])["out_dir"]
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs()
+    assert any(run.parameters.get("out_dir") == "via-flow" and run.state.is_completed() for run in runs)
+    assert (Path(out) / "manifest.json").exists()
+
+
+def test_without_out_each_request_gets_its_own_folder(prefect_server, store, tmp_path, monkeypatch):
+    first = json.loads(_command(tmp_path, store, "--num-samples", "30", "--format", "parquet").stdout.splitlines()[-1])
+    again = json.loads(_command(tmp_path, store, "--num-samples", "30", "--format", "parquet").stdout.splitlines()[-1])
+    other = json.loads(_command(tmp_path, store, "--num-samples", "30", "--format", "parquet", "--seed", "1").stdout.splitlines()[-1])
+    root = tmp_path / "outputs" / "cond" / "v1"
+    assert Path(first["out_dir"]).parent == root and Path(first["out_dir"]).name.startswith("seed0-n30-")
+    assert again["out_dir"] == first["out_dir"]  # the same request: the same folder, resumed
+    assert Path(other["out_dir"]).name.startswith("seed1-n30-") and other["out_dir"] != first["out_dir"]
+    # The deployment's flow, given no out_dir, names the same folder for the same request.
+    monkeypatch.chdir(tmp_path)
+    flow = generate("models:/cond@champion", 30, formats=["parquet"], tracking_uri=store)
+    assert flow["out_dir"] == first["out_dir"]
+    labelled = generate("models:/cond@champion", 30, formats=["parquet"], labels="3", tracking_uri=store)
+    assert Path(labelled["out_dir"]).parent == root and labelled["out_dir"] != first["out_dir"]
