@@ -8,7 +8,7 @@ see the same machine load. Cases:
 
 - project parquet (1M) and project png (100k): the real `generate` flow (Prefect tasks, the
   registered version's sampler weights, shard records, sha256, manifest);
-- naive parquet (1M): build the sampler from the version's `sampler.pt` artifact, decode
+- naive parquet (1M): build the sampler from the version's `weights.pt` artifact, decode
   all N at once, one pyarrow table, one `pq.write_table`;
 - naive png (100k): decode all N at once, then one Pillow `save` per image;
 - project parquet (10M): memory must stay flat;
@@ -119,9 +119,9 @@ def case_naive(args) -> float:
 
     mlflow.set_tracking_uri(args.store)
     mlflow.set_registry_uri(args.store)
-    from vae_model.sampler_weights import load_weights
+    from vae_model.weights import WEIGHTS_FILE, load_sampler
 
-    sampler = load_weights(mlflow.artifacts.download_artifacts(f"{args.model}/artifacts/sampler.pt")).sampler()
+    sampler = load_sampler(mlflow.artifacts.download_artifacts(f"{args.model}/artifacts/{WEIGHTS_FILE}"))
     started = time.perf_counter()
     with torch.no_grad():
         generator = torch.Generator().manual_seed(0)

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import torch
 from mlflow import MlflowClient
 
 from flows.config import PipelineConfig
-from vae_model.checkpoint import load_checkpoint, load_model
 from vae_model.data import ImageData, read_snapshot, row_hashes
 from vae_model.evaluate import heldout_figures
 from vae_model.model import VAE
+from vae_model.weights import WEIGHTS_FILE, load_model, read_weights, save_weights
 
 WEIGHTS_DIR = "vae"
 TRAIN_ROWS = "train_rows.npy"
@@ -25,12 +24,11 @@ TRAIN_ROWS = "train_rows.npy"
 def log_weights(checkpoint: str, run_id: str) -> str:
     """Log the whole VAE (the registered model is only the decoder, and the ELBO needs the encoder)
     as a run artifact holding tensors and plain config only; return its `runs:/` URI."""
-    state = load_checkpoint(checkpoint)
+    state = read_weights(checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "weights.pt"
-        torch.save({"model": state["model"], "model_config": state["model_config"]}, path)
+        path = save_weights(Path(tmp) / WEIGHTS_FILE, state["model_config"], state["model"])
         MlflowClient().log_artifact(run_id, str(path), WEIGHTS_DIR)
-    return f"runs:/{run_id}/{WEIGHTS_DIR}/weights.pt"
+    return f"runs:/{run_id}/{WEIGHTS_DIR}/{WEIGHTS_FILE}"
 
 
 def load_weights(uri: str) -> VAE:

@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows import registry, tracking
 from flows.config import PipelineConfig
-from vae_model.checkpoint import load_model
+from vae_model.weights import load_model
 from vae_model.data import read_snapshot
 from vae_model.errors import UserError
 from vae_model.gate import sample_gate

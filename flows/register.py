@@ -22,7 +22,7 @@ from flows import champion, tracking
 from flows.config import PipelineConfig
 from flows.promotion_lock import promotion_lock
 from flows.retry import network
-from vae_model.checkpoint import load_model
+from vae_model.weights import load_model
 from vae_model.data import ImageData, read_snapshot, row_hashes
 from vae_model.evaluate import unscorable
 

@@ -11,7 +11,8 @@ import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from vae_model import sampler_weights
+from vae_model.weights import WEIGHTS_FILE, model_config
+from vae_model.weights import load_sampler as sampler_from_file
 from vae_model.errors import UserError
 from vae_model.sampling import SamplerSpec
 
@@ -42,8 +43,7 @@ def _spec(name: str, version: str) -> SamplerSpec:
         # first ~0.35 s of MLflow model imports, which the weights file spares every request.)
         meta = mlflow.models.get_model_info(f"models:/{name}/{version}").metadata or {}
         return SamplerSpec(meta["latent_dim"], meta["channels"], meta["height"], meta["width"], meta.get("num_classes", 0))
-    cfg = weights.config
-    return SamplerSpec(cfg.latent_dim, cfg.channels, cfg.height, cfg.width, cfg.num_classes)
+    return SamplerSpec.of(model_config(weights))
 
 
 def load_sampler(name: str, version: str):
@@ -52,21 +52,21 @@ def load_sampler(name: str, version: str):
 
 
 # Both caches are keyed by the registry too: one process may talk to several (the tests do).
-# Where versions keep `sampler.pt`: the served model's artifact, then (versions logged as a
-# torch.export program) its extra file.
-WEIGHTS_PATHS = (f"artifacts/{sampler_weights.SAMPLER_FILE}", f"extra_files/{sampler_weights.SAMPLER_FILE}")
+# Where versions keep their weights: the served model's artifact, then the decoder-and-prior
+# `sampler.pt` of older versions (an artifact, or an extra file of a torch.export program).
+WEIGHTS_PATHS = (f"artifacts/{WEIGHTS_FILE}", "artifacts/sampler.pt", "extra_files/sampler.pt")
 
 
 @functools.lru_cache(maxsize=4)
-def _weights(registry_uri: str, name: str, version: str) -> sampler_weights.SamplerWeights | None:
-    """The version's `sampler.pt`, read once per process for both the spec and the decoder;
-    None for versions logged before it."""
+def _weights(registry_uri: str, name: str, version: str) -> str | None:
+    """The local path of the version's weights file, downloaded once per process for both the spec
+    and the decoder; None for versions logged before it."""
     for path in WEIGHTS_PATHS:
         try:
             local = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}/{path}")
         except (MlflowException, OSError):
             continue
-        return sampler_weights.load_weights(local)
+        return local
     return None
 
 
@@ -79,4 +79,4 @@ def _load(registry_uri: str, name: str, version: str):
         program = mlflow.pytorch.load_model(f"models:/{name}/{version}")
         latent_dim = _spec(name, version).latent_dim
         return lambda inputs: program(torch.cat([inputs[:, :latent_dim], inputs[:, latent_dim + 1 :]], 1))
-    return weights.sampler()
+    return sampler_from_file(weights)

@@ -5,7 +5,7 @@ Input: one row per request, columns `num_samples`, and optionally `seed` (0), `l
 `--labels`: "3", "0,1,2" or "0:0.7,1:0.3"), `temperature` (1.0) and `shard_size` (65536: part
 of what defines the draws). Output: a row per sample, `request` (the input row), `sample_id`,
 `label` (null for an unconditional model) and `pixels` (uint8, C*H*W). The weights are the
-artifact `sampler.pt`, read with `weights_only=True`; the package `vae_model` must be importable.
+artifact `weights.pt` (vae_model.weights), read with `weights_only=True`; the package `vae_model` must be importable.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 from vae_model.errors import UserError
-from vae_model.sampler_weights import load_weights
+from vae_model.weights import load_sampler, model_config
 from vae_model.sampling import (
     Request,
     SamplerSpec,
@@ -36,9 +36,10 @@ def _given(row: dict, key: str, default):
 
 class SampleRequests(PythonModel):
     def load_context(self, context) -> None:
-        weights = load_weights(context.artifacts["sampler"])
-        self.decode = weights.sampler()
-        self.spec = SamplerSpec.of(weights.config)
+        # "sampler": the decoder-and-prior file of versions logged before the one weights layout.
+        path = context.artifacts.get("weights") or context.artifacts["sampler"]
+        self.decode = load_sampler(path)
+        self.spec = SamplerSpec.of(model_config(path))
 
     def request(self, row: dict) -> Request:
         labels, proportions = parse_labels(_given(row, "labels", None), self.spec.num_classes)

@@ -22,7 +22,7 @@ from vae_model.data import read_snapshot
 from vae_model.evaluate import held_out
 from vae_model.images import reconstruction_grid, sample_grid
 from vae_model.model import VAE
-from vae_model.sampler_weights import SAMPLER_FILE, save_sampler
+from vae_model.weights import WEIGHTS_FILE, save_model
 from vae_model.train import train as fit
 from vae_model.train import vae_config
 
@@ -68,12 +68,12 @@ REQUEST = Schema([
 
 def log_sampler(model: VAE) -> str:
     """Log the model as `flows/served_sampler.py` (a request in, samples out; models from code, no
-    pickle) with the prior's and decoder's tensors as its artifact `sampler.pt`, which
+    pickle) with its weights file (vae_model.weights) as the artifact `weights.pt`, which
     `generate` reads too."""
     with tempfile.TemporaryDirectory() as folder:
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(SERVED_MODEL),
-            artifacts={"sampler": str(save_sampler(model, Path(folder) / SAMPLER_FILE))},
+            artifacts={"weights": str(save_model(Path(folder) / WEIGHTS_FILE, model))},
             signature=ModelSignature(inputs=REQUEST),
             # Shown in the MLflow UI and checked through the serving path when logged.
             input_example=pd.DataFrame([{"num_samples": 2, "seed": 0}]),

@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows import tracking
 from flows.config import PipelineConfig
 from flows.retry import network
-from vae_model.checkpoint import load_model
+from vae_model.weights import load_model
 from vae_model.data import read_snapshot
 from vae_model.evaluate import heldout_figures
 from vae_model.gate import quality_gate

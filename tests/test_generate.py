@@ -100,14 +100,14 @@ def test_generation_loads_the_versions_weights_not_unpickled_code(models):
     # The spec read from the weights file is the one the MLmodel metadata documents.
     meta = mlflow.models.get_model_info(f"models:/{model['name']}/{model['version']}").metadata
     assert model["spec"] == {key: meta[key] for key in model["spec"]} and model["spec"]["num_classes"] > 0
-    prior = registry._weights(mlflow.get_registry_uri(), model["name"], model["version"]).prior
-    assert prior is not None and float(prior["means"].abs().sum()) > 0  # a fitted mixture, not N(0, I)
+    prior = registry.load_sampler(model["name"], model["version"]).prior
+    assert prior.fitted and float(prior.means.abs().sum()) > 0  # a fitted mixture, not N(0, I)
 
 
 def test_the_registered_model_is_logged_from_code_not_a_pickle(models):
     local = Path(mlflow.artifacts.download_artifacts(models["plain"]))
     files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
-    assert {"served_sampler.py", "artifacts/sampler.pt"} <= files
+    assert {"served_sampler.py", "artifacts/weights.pt"} <= files
     assert not {f for f in files if f.endswith((".pkl", ".pth", ".pt2"))}
     assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"  # set by flows.tracking
     assert len(mlflow.pyfunc.load_model(models["plain"]).predict(pd.DataFrame([{"num_samples": 3}]))) == 3
@@ -134,11 +134,15 @@ def test_a_version_logged_as_an_exported_program_with_its_weights_file_still_gen
     """Versions logged before the served model: a torch.export program with `extra_files/sampler.pt`.
     Generation reads that file, so the same weights give the same bytes as today's layout."""
     from flows import tracking
-    from vae_model.sampler_weights import load_weights
+    from vae_model.model import Sampler
+    from vae_model.weights import load_model
 
     tracking.use({"uri": models["store"]})
-    weights = mlflow.artifacts.download_artifacts(f"{models['plain']}/artifacts/sampler.pt")
-    sampler = load_weights(weights).sampler()
+    model = load_model(mlflow.artifacts.download_artifacts(f"{models['plain']}/artifacts/weights.pt"))
+    sampler = Sampler.of(model)
+    weights = str(tmp_path / "sampler.pt")  # that era's layout: the decoder's and prior's tensors
+    torch.save({"model_config": model.cfg.to_dict(), "decoder": model.decoder.state_dict(),
+                "prior": model.prior.state_dict()}, weights)
     width = sampler.latent_dim + 1
     with mlflow.start_run():
         info = mlflow.pytorch.log_model(sampler, name="model", serialization_format="pt2", pip_requirements=["torch"],

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from vae_model.checkpoint import load_model, save_checkpoint
+from vae_model.checkpoint import save_checkpoint
+from vae_model.weights import load_model, load_sampler, save_model
 from vae_model.config import DataConfig, ModelConfig, TrainConfig
 from vae_model.data import load_source
 from vae_model.model import VAE, Sampler, VAEConfig
 from vae_model.prior import MixturePrior, fit_prior
-from vae_model.sampler_weights import load_weights, save_sampler
 from vae_model.train import posterior_means, train, vae_config
 
 
@@ -80,10 +80,13 @@ def test_the_prior_travels_in_checkpoint_and_weights_file(tmp_path):
     loaded = load_model(tmp_path / "c.pt")
     for name, tensor in model.prior.state_dict().items():
         assert torch.equal(loaded.prior.state_dict()[name], tensor)
-    sampler = load_weights(save_sampler(model, tmp_path / "sampler.pt")).sampler()
+    # The registered model's weights file, and the decoder-and-prior `sampler.pt` of older versions.
+    torch.save({"model_config": model.cfg.to_dict(), "decoder": model.decoder.state_dict(),
+                "prior": model.prior.state_dict()}, tmp_path / "sampler.pt")
     inputs = torch.cat([torch.randn(16, 3), torch.rand(16, 1), torch.nn.functional.one_hot(torch.arange(16) % 2, 2).float()], 1)
     with torch.no_grad():
-        assert torch.equal(sampler(inputs), Sampler.of(model)(inputs))
+        for sampler in (load_sampler(save_model(tmp_path / "weights.pt", model)), load_sampler(tmp_path / "sampler.pt")):
+            assert torch.equal(sampler(inputs), Sampler.of(model)(inputs))
 
 
 def test_weights_saved_before_the_prior_sample_the_standard_normal(tmp_path):

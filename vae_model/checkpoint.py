@@ -1,4 +1,5 @@
-"""Training checkpoints: everything needed to resume, loaded without unpickling code."""
+"""Training checkpoints: the weights file (vae_model.weights) with everything needed to resume, and
+where a run keeps it."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from typing import Any
 
 import torch
 
-from vae_model.atomic import atomic_path
 from vae_model.config import ModelConfig, TrainConfig
-from vae_model.model import VAE, VAEConfig
+from vae_model.model import VAE
+from vae_model.weights import read_weights, save_model
 
 
 def save_checkpoint(
@@ -23,32 +24,12 @@ def save_checkpoint(
     history: list[dict[str, float]],
     train_cfg: TrainConfig,
 ) -> None:
-    state = {
-        "model": model.state_dict(),
-        "model_config": model.cfg.to_dict(),
-        "optimizer": optimizer.state_dict(),
-        "generator": generator.get_state(),
-        "epoch": epoch,
-        "history": history,
-        "train_config": train_cfg.model_dump(mode="json"),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_model(path, model, optimizer=optimizer.state_dict(), generator=generator.get_state(), epoch=epoch,
+               history=history, train_config=train_cfg.model_dump(mode="json"))
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    # weights_only: tensors, numbers, strings and containers only, never arbitrary objects.
-    return torch.load(path, map_location=device, weights_only=True)
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> VAE:
-    state = load_checkpoint(path, device)
-    model = VAE(VAEConfig(**state["model_config"])).to(device)
-    keys = model.load_state_dict(state["model"], strict=False)
-    # Weights saved before the fitted prior have none, and sample from N(0, I) as they did.
-    if keys.unexpected_keys or any(not k.startswith("prior.") for k in keys.missing_keys):
-        raise RuntimeError(f"{path}: not the weights of this model ({keys})")
-    return model.eval()
+    return read_weights(path, device)
 
 
 def checkpoint_path(data_sha256: str, binarize: str, model: ModelConfig, train: TrainConfig) -> Path:

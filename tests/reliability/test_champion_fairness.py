@@ -15,7 +15,7 @@ from flows.register import decide, register
 from flows.train import train
 from flows.validate import validate
 from tests.conftest import TINY
-from vae_model.checkpoint import load_model
+from vae_model.weights import load_model
 from vae_model.config import DataConfig
 from vae_model.data import ImageData, load_source, read_snapshot, row_hashes
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from vae_model.atomic import atomic_path
 from vae_model.torch_state import torch_state
+from vae_model.weights import WEIGHTS_FILE, read_weights, save_weights
 
 FEATURE_DIM = 128
 
@@ -88,15 +88,16 @@ def train_classifier(spec: ClassifierSpec, images: np.ndarray, labels: np.ndarra
 def cached_classifier(spec: ClassifierSpec, images: np.ndarray, labels: np.ndarray | None,
                       key: str, cache_dir: str | Path | None) -> DomainClassifier:
     """Load the classifier for (data, spec) from `cache_dir`, or train and store it there."""
-    path = None if cache_dir is None else Path(cache_dir) / f"classifier-{spec.key(key)}.pt"
+    # In the one weights layout (vae_model.weights); the name changed with it, so a cache written
+    # before is not read as this layout.
+    path = None if cache_dir is None else Path(cache_dir) / f"classifier-{spec.key(key)}.{WEIGHTS_FILE}"
     if path is not None and path.exists():
         model = DomainClassifier(spec.input_dim, spec.num_classes)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.load_state_dict(read_weights(path)["model"])
         return model.eval()
     model = train_classifier(spec, images, labels)
     if path is not None:
-        with atomic_path(path) as tmp:
-            torch.save(model.state_dict(), tmp)
+        save_weights(path, dict(spec.__dict__), model.state_dict())
     return model
 
 
