@@ -143,11 +143,11 @@ def case_naive(args) -> float:
 def case_floor(args) -> float:
     """What any process pays before generating: torch, MLflow, Prefect and the sampler loaded."""
     import flows.generate  # noqa: F401
-    from flows import registry, tracking
+    from flows import registered_model, tracking
 
     tracking.use({"uri": args.store})
-    model = registry.resolve(args.model)
-    registry.load_sampler(model["name"], model["version"])
+    model = registered_model.resolve(args.model)
+    registered_model.load_sampler(model["name"], model["version"])
     Path(args.out).mkdir(parents=True)
     return 0.0
 

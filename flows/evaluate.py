@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows import registry, tracking
+from flows import registered_model, tracking
 from flows.config import PipelineConfig
 from vae_model.weights import load_model
 from vae_model.data import read_snapshot
@@ -69,7 +69,7 @@ def _snapshot_for(model_uri: str | None, snapshot: str | None, snapshot_dir: str
         return {"snapshot": str(path), "sha256": meta[b"sha256"].decode()}
     if model_uri is None:
         raise UserError("--model: the samples record no model URI; pass --model or --data")
-    model = registry.resolve(model_uri)
+    model = registered_model.resolve(model_uri)
     sha = MlflowClient().get_model_version(model["name"], model["version"]).tags.get("data_sha256")
     if not sha:
         raise UserError(f"{model_uri}: the model version has no data_sha256 tag; pass --data SNAPSHOT")

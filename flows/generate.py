@@ -15,7 +15,7 @@ import mlflow
 from prefect import flow, task, unmapped
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from flows import registry, tracking
+from flows import registered_model, tracking
 from flows.request import finish, plan
 from flows.retry import network
 from vae_model.errors import UserError
@@ -29,7 +29,7 @@ from vae_model.sampling import Request, SamplerSpec, num_shards
 def generate_shard(model: dict[str, Any], request: dict[str, Any], shard: int, out_dir: str, tracking_uri: str) -> dict[str, int]:
     """Sample one shard and write its files; a finished shard is kept as it is."""
     tracking.use({"uri": tracking_uri})
-    decode = registry.load_sampler(model["name"], model["version"])
+    decode = registered_model.load_sampler(model["name"], model["version"])
     record = make_shard(decode, SamplerSpec(**model["spec"]), Request.from_dict(request), shard, Path(out_dir))
     return {"shard": shard, "rows": record["rows"], "files": len(record["files"])}
 

@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from flows import champion, tracking
+from flows import comparison, tracking
 from flows.config import PipelineConfig
 from flows.promotion_lock import promotion_lock
 from flows.retry import network
@@ -69,21 +69,21 @@ def _score_both(cfg: PipelineConfig, trained: dict[str, Any], val: ImageData, ow
     """Score the challenger, and the champion if it can be, on the held-out rows neither trained on.
     Returns the scores, the row counts and why the champion could not be scored (or None)."""
     val_rows = row_hashes(val)
-    compare = champion.unseen(val_rows, own_rows)
+    compare = comparison.unseen(val_rows, own_rows)
     rows = {"held_out": len(val), "champion_trained_on": 0}
     old, why_not = None, None
     if incumbent is not None:
         if "weights_uri" not in incumbent.tags:
             why_not = "its version has no weights_uri tag"
         else:
-            old = champion.load_weights(incumbent.tags["weights_uri"])
+            old = comparison.load_weights(incumbent.tags["weights_uri"])
             why_not = unscorable(old, val)
         if why_not is None:
-            seen = champion.training_rows(incumbent.tags, cfg.data.snapshot_dir)
+            seen = comparison.training_rows(incumbent.tags, cfg.data.snapshot_dir)
             if seen is None:
                 why_not = "its training rows are unknown (no train_rows_uri tag, and its snapshot is not in data.snapshot_dir)"
             else:
-                fresh = compare & champion.unseen(val_rows, seen)
+                fresh = compare & comparison.unseen(val_rows, seen)
                 rows["champion_trained_on"] = int(compare.sum() - fresh.sum())
                 compare = fresh
                 if not compare.any():
@@ -92,9 +92,9 @@ def _score_both(cfg: PipelineConfig, trained: dict[str, Any], val: ImageData, ow
     subset = val.subset(compare)
     scores: dict[str, float | None] = {"challenger": None, "champion": None}
     if rows["compared"]:
-        scores["challenger"] = champion.score(load_model(trained["checkpoint"]), subset, cfg)
+        scores["challenger"] = comparison.score(load_model(trained["checkpoint"]), subset, cfg)
         if incumbent is not None and why_not is None:
-            scores["champion"] = champion.score(old, subset, cfg)
+            scores["champion"] = comparison.score(old, subset, cfg)
     return scores, rows, why_not
 
 
@@ -161,8 +161,8 @@ def register(cfg: PipelineConfig, data: dict[str, Any], trained: dict[str, Any],
                 "data_sha256": data["sha256"],
                 "config_sha256": cfg.sha256(),
                 "validation_status": "passed",
-                "weights_uri": champion.log_weights(trained["checkpoint"], run_id),
-                "train_rows_uri": champion.log_training_rows(own_rows, run_id),
+                "weights_uri": comparison.log_weights(trained["checkpoint"], run_id),
+                "train_rows_uri": comparison.log_training_rows(own_rows, run_id),
                 **({"git_commit": commit} if (commit := tracking.git_commit()) else {}),
                 **_compare(incumbent, trained, data, val_data, own_rows, cfg),
             }

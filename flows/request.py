@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flows import registry, tracking
+from flows import registered_model, tracking
 from vae_model.generate import cores, make_shards, prepare_output, write_manifest
 from vae_model.sampling import Request, SamplerSpec, check_positive, parse_labels
 
@@ -42,7 +42,7 @@ def plan(model_uri: str, num_samples: int, out_dir: str | None, seed: int = 0, f
     check_positive("--num-samples", num_samples)
     check_positive("--shard-size", shard_size)
     tracking.use({"uri": tracking_uri})
-    model = registry.resolve(model_uri)
+    model = registered_model.resolve(model_uri)
     label_spec, proportions = parse_labels(labels, model["spec"]["num_classes"])
     request = Request(
         num_samples=num_samples, seed=seed, model_uri=model_uri, model_name=model["name"],
@@ -63,6 +63,6 @@ def finish(planned: Planned) -> dict[str, Any]:
 def generate_here(model_uri: str, num_samples: int, out_dir: str | None, **options: Any) -> dict[str, Any]:
     """The whole request in this process: shards on a thread each, one per core at a time."""
     planned = plan(model_uri, num_samples, out_dir, **options)
-    decode = registry.load_sampler(planned.model["name"], planned.model["version"])
+    decode = registered_model.load_sampler(planned.model["name"], planned.model["version"])
     make_shards(decode, SamplerSpec(**planned.model["spec"]), planned.request, planned.out, cores())
     return finish(planned)

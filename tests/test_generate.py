@@ -91,16 +91,16 @@ def test_repeats_are_byte_identical_and_read_back_everywhere(prefect_server, mod
 
 
 def test_generation_loads_the_versions_weights_not_unpickled_code(models):
-    from flows import registry, tracking
+    from flows import registered_model, tracking
     from vae_model.model import Sampler
 
     tracking.use({"uri": models["store"]})
-    model = registry.resolve(models["cond"])
-    assert isinstance(registry.load_sampler(model["name"], model["version"]), Sampler)
+    model = registered_model.resolve(models["cond"])
+    assert isinstance(registered_model.load_sampler(model["name"], model["version"]), Sampler)
     # The spec read from the weights file is the one the MLmodel metadata documents.
     meta = mlflow.models.get_model_info(f"models:/{model['name']}/{model['version']}").metadata
     assert model["spec"] == {key: meta[key] for key in model["spec"]} and model["spec"]["num_classes"] > 0
-    prior = registry.load_sampler(model["name"], model["version"]).prior
+    prior = registered_model.load_sampler(model["name"], model["version"]).prior
     assert prior.fitted and float(prior.means.abs().sum()) > 0  # a fitted mixture, not N(0, I)
 
 
@@ -157,7 +157,7 @@ def test_a_version_logged_as_an_exported_program_with_its_weights_file_still_gen
 
 def test_a_version_without_the_weights_file_loads_its_exported_program(models):
     """Versions logged before `extra_files/sampler.pt` existed still generate."""
-    from flows import registry, tracking
+    from flows import registered_model, tracking
     from vae_model.model import VAE, Sampler, VAEConfig
 
     class OldSampler(torch.nn.Module):  # what versions logged then hold: z in, pixel means out
@@ -176,8 +176,8 @@ def test_a_version_without_the_weights_file_loads_its_exported_program(models):
         info = mlflow.pytorch.log_model(sampler, name="model", input_example=np.zeros((2, 4), np.float32),
                                         pip_requirements=["torch"], metadata=spec)
     version = mlflow.register_model(f"models:/{info.model_id}", "exported-only").version
-    assert registry.resolve(f"models:/exported-only/{version}")["spec"] == spec
-    loaded = registry.load_sampler("exported-only", str(version))
+    assert registered_model.resolve(f"models:/exported-only/{version}")["spec"] == spec
+    loaded = registered_model.load_sampler("exported-only", str(version))
     assert not isinstance(loaded, Sampler)  # the exported program, behind the new input layout
     z = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
     uniform = torch.rand(8, 1)  # the prior's column, which such a version has no use for
@@ -188,12 +188,12 @@ def test_a_version_without_the_weights_file_loads_its_exported_program(models):
 def test_shard_bytes_do_not_depend_on_threads_or_neighbours(models, tmp_path, monkeypatch):
     """A shard made alone on a one-thread torch equals the same shard made beside others on a
     three-thread torch; the caller's thread count is left as it was."""
-    from flows import registry, tracking
+    from flows import registered_model, tracking
 
     monkeypatch.setattr(sampling, "DECODE_BLOCK", 32)
     tracking.use({"uri": models["store"]})
-    model = registry.resolve(models["plain"])
-    decode = registry.load_sampler(model["name"], model["version"])
+    model = registered_model.resolve(models["plain"])
+    decode = registered_model.load_sampler(model["name"], model["version"])
     spec = sampling.SamplerSpec(**model["spec"])
     request = sampling.Request(400, 3, models["plain"], model["name"], model["version"], ("parquet",), 100)
     threads = torch.get_num_threads()

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from flows import champion, tracking
+from flows import comparison, tracking
 from flows.config import load_config
 from flows.ingest import ingest
 from flows.register import decide, register
@@ -74,7 +74,7 @@ def test_the_champion_is_scored_only_on_held_out_rows_it_never_trained_on(prefec
     assert v1.tags["compared_on_rows"] == str(len(val1)), "with no champion, every held-out row counts"
     # The gate and the comparison measure the same rows with the same draws.
     assert float(v1.tags["challenger_heldout_elbo"]) == pytest.approx(first["report"]["heldout_elbo"], abs=1e-9)
-    recorded = champion.training_rows(v1.tags, "no-snapshots-here")
+    recorded = comparison.training_rows(v1.tags, "no-snapshots-here")
     assert recorded is not None and _keys(recorded) == _keys(row_hashes(train1))
 
     # Another split seed: most of the new held-out rows were the champion's training rows.
@@ -86,13 +86,13 @@ def test_the_champion_is_scored_only_on_held_out_rows_it_never_trained_on(prefec
     assert v2.tags["compared_on_rows"] == str(int(fair.sum()))
     assert v2.tags["excluded_champion_training_rows"] == str(len(val2) - int(fair.sum()))
     assert not _keys(row_hashes(val2.subset(fair))) & _keys(recorded), "no champion training row is compared"
-    champ_then = champion.load_weights(v1.tags["weights_uri"])
+    champ_then = comparison.load_weights(v1.tags["weights_uri"])
     champ_now = float(v2.tags["champion_heldout_elbo"])
-    assert champ_now == pytest.approx(champion.score(champ_then, val2.subset(fair), second["cfg"]), abs=1e-9)
-    assert champ_now != pytest.approx(champion.score(champ_then, val2, second["cfg"]), abs=1e-6), \
+    assert champ_now == pytest.approx(comparison.score(champ_then, val2.subset(fair), second["cfg"]), abs=1e-9)
+    assert champ_now != pytest.approx(comparison.score(champ_then, val2, second["cfg"]), abs=1e-6), \
         "the score on all held-out rows, its own training rows among them, is another number"
     challenger_now = float(v2.tags["challenger_heldout_elbo"])
-    assert challenger_now == pytest.approx(champion.score(load_model(second["trained"]["checkpoint"]), val2.subset(fair), second["cfg"]), abs=1e-9)
+    assert challenger_now == pytest.approx(comparison.score(load_model(second["trained"]["checkpoint"]), val2.subset(fair), second["cfg"]), abs=1e-9)
 
     # Worse (one epoch against three) on those rows: the champion stays.
     assert challenger_now < champ_now and not second["model"]["promoted"]
@@ -147,8 +147,8 @@ def test_a_grown_dataset_compares_on_rows_the_champion_never_trained_on(prefect_
     assert v2.tags["compared_with_version"] == "1" and v2.tags["compared_on_rows"] == str(int(fair.sum())) == str(len(val2))
     assert v2.tags["excluded_champion_training_rows"] == "0"
     assert not _keys(row_hashes(val2.subset(fair))) & _keys(row_hashes(train1))
-    champ = champion.load_weights(first["version"].tags["weights_uri"])
-    assert float(v2.tags["champion_heldout_elbo"]) == pytest.approx(champion.score(champ, val2.subset(fair), second["cfg"]), abs=1e-9)
+    champ = comparison.load_weights(first["version"].tags["weights_uri"])
+    assert float(v2.tags["champion_heldout_elbo"]) == pytest.approx(comparison.score(champ, val2.subset(fair), second["cfg"]), abs=1e-9)
 
     # Only rows the first champion trained on, split another way: nothing fair is left to compare on.
     champion_before = str(MlflowClient().get_model_version_by_alias("vae-digits", "champion").version)
@@ -167,7 +167,7 @@ def test_a_version_without_its_row_list_falls_back_to_its_snapshot_else_unknown(
 
     train, val = load_source(DataConfig())
     _, sha = write_snapshot(train, val, tmp_path)
-    rows = champion.training_rows({"data_sha256": sha}, str(tmp_path))
+    rows = comparison.training_rows({"data_sha256": sha}, str(tmp_path))
     assert rows is not None and _keys(rows) == _keys(row_hashes(train))
-    assert champion.training_rows({"data_sha256": sha}, str(tmp_path / "elsewhere")) is None
-    assert champion.training_rows({}, str(tmp_path)) is None
+    assert comparison.training_rows({"data_sha256": sha}, str(tmp_path / "elsewhere")) is None
+    assert comparison.training_rows({}, str(tmp_path)) is None

@@ -1,6 +1,6 @@
-"""Champion/challenger: the VAE's weights and training rows beside each registered version, and
-scoring any version on one set of held-out rows, so that two models are compared on the same
-examples and the same noise, and never on rows either of them trained on."""
+"""Champion/challenger comparison: the VAE's weights and training rows logged beside each registered
+version, and scoring any version on one set of held-out rows, so that two models are compared on
+the same examples and the same noise, and never on rows either of them trained on."""
 
 from __future__ import annotations
 
