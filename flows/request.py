@@ -16,7 +16,7 @@ from typing import Any
 
 from flows import registered_model, tracking
 from vae_model.generate import cores, make_shards, prepare_output, write_manifest
-from vae_model.sampling import Request, SamplerSpec, check_positive, parse_labels
+from vae_model.sampling import Request, SamplerSpec, parse_labels
 
 DEFAULT_ROOT = Path("outputs")
 
@@ -38,9 +38,8 @@ def default_out_dir(request: Request) -> Path:
 def plan(model_uri: str, num_samples: int, out_dir: str | None, seed: int = 0, formats: list[str] | None = None,
          labels: str | None = None, shard_size: int = 65536, overwrite: bool = False,
          tracking_uri: str | None = None, temperature: float = 1.0) -> Planned:
-    """Check the request, resolve the model and prepare the output folder (resume or refuse)."""
-    check_positive("--num-samples", num_samples)
-    check_positive("--shard-size", shard_size)
+    """Resolve the model, check the request (`Request` does) and prepare the output folder
+    (resume or refuse)."""
     tracking.use({"uri": tracking_uri})
     model = registered_model.resolve(model_uri)
     label_spec, proportions = parse_labels(labels, model["spec"]["num_classes"])

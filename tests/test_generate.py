@@ -218,13 +218,13 @@ def test_conflicting_request_is_refused_unless_overwrite(prefect_server, models,
     args = dict(num_samples=20, out_dir=str(out), tracking_uri=models["store"], formats=["parquet"])
     generate(models["plain"], seed=1, **args)
     before = _tree(out)
-    with pytest.raises(UserError, match="another request.*--overwrite"):
+    with pytest.raises(UserError, match="another request.*overwrite=true"):
         generate(models["plain"], seed=2, **args)
     assert _tree(out) == before
     generate(models["plain"], seed=2, overwrite=True, **args)
     assert json.loads((out / "manifest.json").read_text())["seed"] == 2
     for bad in (0, -5):
-        with pytest.raises(UserError, match="--num-samples: expected a positive number"):
+        with pytest.raises(UserError, match="generate.num_samples: expected a positive number"):
             generate(models["plain"], num_samples=bad, out_dir=str(tmp_path / "n"), tracking_uri=models["store"])
     with pytest.raises(UserError, match="not conditional"):
         generate(models["plain"], num_samples=5, out_dir=str(tmp_path / "l"), labels="3", tracking_uri=models["store"])

@@ -226,7 +226,7 @@ def prepare_output(out_dir: str | Path, request: Request, overwrite: bool) -> Pa
         if previous is None:
             raise UserError(f"{out}: not empty and not an output of vae-pipeline generate; choose a new or empty folder")
         if previous != request.to_dict() and not overwrite:
-            raise UserError(f"{out}: not empty and holds another request's output; pass --overwrite to replace it, or choose another folder")
+            raise UserError(f"{out}: not empty and holds another request's output; replace it with overwrite=true (--overwrite), or choose another folder")
         # Same request: only the temporary files of a killed run go, their shards are made again.
         remove_own_files(out, temporary_only=previous == request.to_dict())
     try:

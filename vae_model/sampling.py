@@ -70,13 +70,13 @@ class Request:
     tool_version: str = field(default=__version__)
 
     def __post_init__(self) -> None:
-        check_positive("--num-samples", self.num_samples)
+        check_positive("generate.num_samples", self.num_samples)
         check_positive("generate.shard_size", self.shard_size)
         if not self.temperature > 0:
             raise UserError(f"generate.temperature: expected a positive number, got {self.temperature}")
         unknown = set(self.formats) - {"parquet", "png"}
         if unknown or not self.formats:
-            raise UserError(f"--format: expected parquet and/or png, got {','.join(self.formats) or 'nothing'}")
+            raise UserError(f"generate.formats: expected parquet and/or png, got {','.join(self.formats) or 'nothing'}")
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -94,7 +94,7 @@ def parse_labels(text: str | None, num_classes: int) -> tuple[tuple[float, ...] 
             return tuple(range(num_classes)), False
         return None, False
     if not num_classes:
-        raise UserError("--labels: this model is not conditional, it takes no labels")
+        raise UserError("labels: this model is not conditional, it takes no labels")
     try:
         if ":" in text:
             weights = [0.0] * num_classes
@@ -107,14 +107,14 @@ def parse_labels(text: str | None, num_classes: int) -> tuple[tuple[float, ...] 
         return tuple(float(_label(item, num_classes)) for item in text.split(",")), False
     except ValueError:
         raise UserError(
-            f"--labels {text!r}: expected a label, a list such as 0,1,2 or proportions such as 0:0.7,1:0.3"
+            f"labels {text!r}: expected a label, a list such as 0,1,2 or proportions such as 0:0.7,1:0.3"
         ) from None
 
 
 def _label(text: str, num_classes: int) -> int:
     value = int(text)
     if not 0 <= value < num_classes:
-        raise UserError(f"--labels: label {value} is outside 0..{num_classes - 1}")
+        raise UserError(f"labels: label {value} is outside 0..{num_classes - 1}")
     return value
 
 
