@@ -1,9 +1,5 @@
-"""Atomic file writes: write to a temporary file beside the target, then `os.replace`.
-
-`AtomicFolder` writes many small files into one directory: each is an unnamed O_TMPFILE inode
-given its name by one link once written, and falls back to a named temporary file plus
-`os.replace` where the filesystem or platform has no O_TMPFILE.
-"""
+"""Atomic file writes: write to a temporary file beside the target, then `os.replace`: a reader
+sees each file whole or not at all."""
 
 from __future__ import annotations
 
@@ -37,70 +33,6 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-class AtomicFolder:
-    """Writes whole files into one directory: a reader sees each complete or not at all."""
-
-    def __init__(self, path: str | Path):
-        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        # Half the kernel work of create + rename: on ext4 the rename doubles a small file's
-        # cost, and a killed writer leaves no temporary file behind.
-        self.unnamed = hasattr(os, "O_TMPFILE")
-
-    def write(self, name: str, data: bytes) -> None:
-        if self.unnamed and self._link_unnamed(name, data):
-            return
-        tmp = f".{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE, dir_fd=self.fd)
-        try:
-            try:
-                _write_all(fd, data)
-            finally:
-                os.close(fd)
-            os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp, dir_fd=self.fd)
-            raise
-
-    def _link_unnamed(self, name: str, data: bytes) -> bool:
-        """False where the file could not be made this way (the caller writes it by name)."""
-        try:
-            fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, FILE_MODE, dir_fd=self.fd)
-        except OSError:  # no O_TMPFILE on this filesystem (EOPNOTSUPP, EISDIR on old kernels)
-            self.unnamed = False
-            return False
-        try:
-            _write_all(fd, data)
-            # dst_dir_fd makes os.link call linkat with AT_SYMLINK_FOLLOW, which names the
-            # inode behind the /proc fd link rather than the link itself.
-            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=self.fd)
-            return True
-        except FileExistsError:
-            return False  # left whole by a killed run: replaced by name, atomically
-        except OSError:
-            # No /proc, or a sandbox that refuses the link: write by name from now on (a
-            # genuine write error, such as a full disk, then surfaces from there).
-            self.unnamed = False
-            return False
-        finally:
-            os.close(fd)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-    def __enter__(self) -> AtomicFolder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def write_bytes(target: str | Path, data: bytes) -> None:
