@@ -8,6 +8,7 @@ with `dask_workers` on a local cluster of that many single-threaded worker proce
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from flows import registered_model, tracking
 from flows.request import finish, plan
 from flows.retry import network
 from vae_model.errors import UserError
-from vae_model.generate import cores, make_shard, png_pool
+from vae_model.generate import cores, make_shard, png_writers
 from vae_model.sampling import Request, SamplerSpec, num_shards
 
 
@@ -87,9 +88,9 @@ def generate(
         "model": unmapped(planned.model), "request": unmapped(planned.request.to_dict()),
         "shard": range(num_shards(planned.request)), "out_dir": unmapped(str(planned.out)), "tracking_uri": unmapped(store),
     }
-    if "png" in planned.request.formats and not (dask_address or dask_workers):
-        png_pool(cores())  # forked before the shard threads exist, not beside one running torch
-    with runner:
+    local_pngs = "png" in planned.request.formats and not (dask_address or dask_workers)
+    # Opened before the shard threads exist: forked beside no thread running torch.
+    with png_writers(cores()) if local_pngs else contextlib.nullcontext(), runner:
         _connect(runner, dask_address)
         runner.map(generate_shard, parameters).result()
     return finish(planned)

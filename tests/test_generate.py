@@ -311,9 +311,9 @@ def test_png_workers_stop_when_their_process_is_killed(tmp_path):
     """A killed generation must not leave PNG writers running into a directory a rerun fills."""
     script = (
         "import sys, time, vae_model.generate as gen\n"
-        "pool = gen.png_pool(2)\n"
-        "print(' '.join(str(p) for p in pool._processes), flush=True)\n"
-        "time.sleep(60)\n"
+        "with gen.png_writers(2):\n"
+        "    print(' '.join(str(p) for p in gen._pool._processes), flush=True)\n"
+        "    time.sleep(60)\n"
     )
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
     try:
@@ -326,6 +326,15 @@ def test_png_workers_stop_when_their_process_is_killed(tmp_path):
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(pid) for pid in workers)
+
+
+def test_png_workers_end_with_their_block():
+    import vae_model.generate as gen
+
+    with gen.png_writers(2):
+        workers = list(gen._pool._processes)
+        assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+    assert gen._pool is None and not any(_alive(pid) for pid in workers)
 
 
 def _alive(pid: int) -> bool:

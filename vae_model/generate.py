@@ -16,13 +16,11 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import (
-    Executor,
     Future,
     ProcessPoolExecutor,
     ThreadPoolExecutor,
     wait,
 )
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -61,39 +59,34 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-_PNG_POOLS: dict[int, ProcessPoolExecutor] = {}
-_PNG_POOLS_LOCK = threading.Lock()
+# The pool `png_writers` opened: shards made inside its block hand it their PNG blocks.
+_pool: ProcessPoolExecutor | None = None
 
 
-def png_pool(workers: int) -> Executor | None:
-    """This process's pool of PNG-writing processes, or None where it may have no children (a
-    daemonic Dask worker: there the cluster's processes are the parallelism).
+@contextlib.contextmanager
+def png_writers(workers: int) -> Iterator[None]:
+    """Processes that encode and write the PNG blocks of the shards made inside the block, shut
+    down when it ends. Pillow's per-image work holds the GIL, so threads would not run it side
+    by side. Outside the block, and in a daemonic Dask worker (which may have no children: the
+    cluster's processes are the parallelism there), a shard writes its own PNGs.
 
-    One pool per process, reused by every shard. Forked, not spawned: a spawned worker would
-    re-import the caller's main module (the CLI, hence torch, Prefect and MLflow) and start
-    seconds later with its own gigabyte. The workers run only numpy, Pillow and file calls,
-    never torch, so the parent's threads do not matter to them.
+    Forked, not spawned: a spawned worker would re-import the caller's main module (the CLI,
+    hence torch and MLflow) and start seconds later with its own gigabyte. Open it before the
+    shard threads start: the workers run only numpy, Pillow and file calls, never torch.
     """
-    if multiprocessing.current_process().daemon:
-        return None
-    with _PNG_POOLS_LOCK:
-        if workers not in _PNG_POOLS:
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                       initializer=_exit_with_parent, initargs=(os.getpid(),))
-            pool.submit(int).result()  # with fork, the first task starts every worker
-            _PNG_POOLS[workers] = pool
-        return _PNG_POOLS[workers]
-
-
-def _written(pool: Executor, future: Future) -> list[dict[str, Any]]:
+    global _pool
+    if _pool is not None or multiprocessing.current_process().daemon:
+        yield
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_exit_with_parent, initargs=(os.getpid(),))
+    pool.submit(int).result()  # with fork, the first task starts every worker
+    _pool = pool
     try:
-        return future.result()
-    except BrokenProcessPool:
-        # A worker died (killed, out of memory): this shard fails, the next one starts a new pool.
-        with _PNG_POOLS_LOCK:
-            for key in [k for k, v in _PNG_POOLS.items() if v is pool]:
-                del _PNG_POOLS[key]
-        raise
+        yield
+    finally:
+        _pool = None
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def cores() -> int:
@@ -118,7 +111,7 @@ def make_shard(decode: Decoder, spec: SamplerSpec, request: Request, shard: int,
     """Write one shard's files unless its record exists; return the record.
 
     The calling thread decodes on one core and writes the Parquet row groups; PNG blocks go to
-    `png_pool`, at most `PNG_BLOCKS_IN_FLIGHT` at a time. Memory holds a few blocks, never the
+    `png_writers` when it is open, at most `PNG_BLOCKS_IN_FLIGHT` at a time. Memory holds a few blocks, never the
     shard. More cores: make several shards at once (`make_shards`, or a task runner).
     """
     if (record := _finished(out, shard)) is not None:
@@ -128,7 +121,7 @@ def make_shard(decode: Decoder, spec: SamplerSpec, request: Request, shard: int,
     pngs: list[dict[str, Any]] = []
     pending: deque[Future] = deque()
     preview = None
-    pngs_pool = png_pool(cores()) if "png" in request.formats else None
+    pngs_pool = _pool if "png" in request.formats else None
     with one_torch_thread(), contextlib.ExitStack() as stack:
         stack.callback(_abandon, pending)
         write_rows = None
@@ -144,11 +137,11 @@ def make_shard(decode: Decoder, spec: SamplerSpec, request: Request, shard: int,
                 else:
                     pending.append(pngs_pool.submit(write_pngs, out, images, folders, ids))
                 if len(pending) > PNG_BLOCKS_IN_FLIGHT:
-                    pngs.extend(_written(pngs_pool, pending.popleft()))
+                    pngs.extend(pending.popleft().result())
             if shard == 0 and ids[0] == 0:
                 preview = save_preview(out / "preview.png", images, labels)
         while pending:
-            pngs.extend(_written(pngs_pool, pending.popleft()))
+            pngs.extend(pending.popleft().result())
     files: list[dict[str, Any]] = []
     if write_rows is not None:
         files.append({"path": parquet_path.name, "rows": n, "sha256": sha256_file(parquet_path)})
@@ -170,9 +163,8 @@ def _abandon(pending: deque[Future]) -> None:
 def make_shards(decode: Decoder, spec: SamplerSpec, request: Request, out: Path, workers: int | None = None) -> None:
     """Every shard of the request, `workers` at a time (default: one per core)."""
     workers = workers or cores()
-    if "png" in request.formats:
-        png_pool(cores())  # forked before the shard threads exist, not beside one running torch
-    with ThreadPoolExecutor(workers, thread_name_prefix="shard") as pool:
+    writers = png_writers(cores()) if "png" in request.formats else contextlib.nullcontext()
+    with writers, ThreadPoolExecutor(workers, thread_name_prefix="shard") as pool:
         for future in [pool.submit(make_shard, decode, spec, request, i, out) for i in range(num_shards(request))]:
             future.result()
 
