@@ -168,12 +168,16 @@ def _cpu(y: torch.Tensor | None):
     return None if y is None else y.cpu().numpy()
 
 
+def _autocast(cfg: TrainConfig, device: torch.device):
+    # A CPU without native bf16 (AVX512-BF16 or AMX) would emulate it, slower than fp32.
+    native = device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if cfg.bf16 and native:
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
 def _compile_step(model: VAE, cfg: TrainConfig, device: torch.device):
-    autocast = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
-        if device.type == "cuda" and cfg.bf16
-        else contextlib.nullcontext
-    )
+    autocast = _autocast(cfg, device)
 
     def step(x: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator, kl_weight: float):
         with autocast():
