@@ -64,10 +64,12 @@ def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tenso
 
 
 def elbo(
-    model: VAE, x: torch.Tensor, y: torch.Tensor | None = None, generator: torch.Generator | None = None
+    model: VAE, x: torch.Tensor, y: torch.Tensor | None = None, generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> ElboTerms:
-    """One-sample ELBO of each example in a batch: E_q[log p(x|z)] - KL(q(z|x) || p(z))."""
-    logits, mu, logvar = model(x, y, generator)
+    """One-sample ELBO of each example in a batch: E_q[log p(x|z)] - KL(q(z|x) || p(z)).
+    The reparameterisation noise is drawn from `generator` unless given as `noise`."""
+    logits, mu, logvar = model(x, y, generator, noise)
     recon = -log_likelihood(x.flatten(1), logits, model.cfg.likelihood, model.log_scale)
     # fp32 for the sums even when the layers run in bf16 (CUDA autocast).
     kl = kl_to_standard_normal(mu.float(), logvar.float())
