@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from vae_model.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from vae_model.data.sources import load_source  # noqa: E402
 from vae_model.evaluate import evaluate_elbo, held_out  # noqa: E402
-from vae_model.train import train, vae_config  # noqa: E402
+from vae_model.train import cpu_has_native_bf16, train, vae_config  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mnist" / "raw"
 
@@ -155,6 +155,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.epochs} epochs, data {args.data}")
+    if args.bf16 and not cpu_has_native_bf16():
+        print("this CPU has no native bf16: train.bf16 is ignored, the bf16 line repeats fp32")
     for name, bf16 in [("vae_model fp32", False), ("vae_model bf16", True)][: 2 if args.bf16 else 1]:
         proj_s, proj_nll, floor_s, ratio = project(args.data, args.epochs, args.seed, bf16)
         print(f"{name:15s}: {proj_s:6.3f} s/epoch   held-out -ELBO {proj_nll:7.2f} nats   "

@@ -16,7 +16,7 @@ from vae_model.checkpoint import load_checkpoint
 from vae_model.config import DataConfig, ModelConfig, TrainConfig
 from vae_model.data.sources import load_source
 from vae_model.errors import TrainingDiverged
-from vae_model.train import lr_at, train, vae_config
+from vae_model.train import cpu_has_native_bf16, lr_at, train, vae_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, KILL_AFTER = 4, 2
@@ -100,7 +100,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny, tmp_path):
     assert load_checkpoint(ckpt)["epoch"] == EPOCHS
 
 
-@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no native bf16")
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16")
 def test_bf16_autocast_on_cpu_reaches_the_fp32_elbo(tiny):
     train_data, val_data = tiny
     model_cfg = vae_config(ModelConfig(latent_dim=4, hidden_dim=32), train_data)

@@ -168,10 +168,14 @@ def _cpu(y: torch.Tensor | None):
     return None if y is None else y.cpu().numpy()
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 products natively here (AVX512-BF16 or AMX)."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def _autocast(cfg: TrainConfig, device: torch.device):
-    # A CPU without native bf16 (AVX512-BF16 or AMX) would emulate it, slower than fp32.
-    native = device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    if cfg.bf16 and native:
+    # A CPU without native bf16 would emulate it, slower than fp32: train.bf16 is ignored there.
+    if cfg.bf16 and (device.type == "cuda" or cpu_has_native_bf16()):
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
