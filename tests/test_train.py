@@ -16,7 +16,7 @@ from vae_model.checkpoint import load_checkpoint
 from vae_model.config import DataConfig, ModelConfig, TrainConfig
 from vae_model.data.sources import load_source
 from vae_model.errors import TrainingDiverged
-from vae_model.train import lr_at, train, vae_config
+from vae_model.train import cpu_has_native_bf16, lr_at, train, vae_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, KILL_AFTER = 4, 2
@@ -98,3 +98,15 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny, tmp_path):
     for (name, a), (_, b) in zip(resumed.model.state_dict().items(), straight.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert load_checkpoint(ckpt)["epoch"] == EPOCHS
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16")
+def test_bf16_autocast_on_cpu_reaches_the_fp32_elbo(tiny):
+    train_data, val_data = tiny
+    model_cfg = vae_config(ModelConfig(latent_dim=4, hidden_dim=32), train_data)
+    val = {}
+    for bf16 in (False, True):
+        cfg = TrainConfig(epochs=6, batch_size=64, lr=3e-3, device="cpu", progress=False, bf16=bf16)
+        val[bf16] = train(model_cfg, cfg, train_data, val_data).history[-1]["val_elbo"]
+    assert val[True] != val[False]  # the products did run in bf16
+    assert val[True] == pytest.approx(val[False], abs=0.5)

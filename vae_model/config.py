@@ -51,7 +51,10 @@ class TrainConfig(Section):
     resume: bool = False
     checkpoint_dir: str = ".vae-pipeline/checkpoints"
     compile: bool = False
-    bf16: bool = True
+    # bf16 autocast, opt-in: on CPUs with native bf16 (AVX512-BF16, AMX) about 1.8x faster epochs at
+    # the same held-out ELBO (benchmarks/train_speed.py --bf16); ignored on CPUs without it; on CUDA
+    # slower than fp32 at batch 128 (benchmarks/train_cuda.py).
+    bf16: bool = False
     progress: bool = True
     # Learning rate per epoch: constant, or cosine decay from lr to lr_min over the run's epochs.
     lr_schedule: Literal["constant", "cosine"] = "constant"

@@ -21,10 +21,11 @@ class DeviceData:
     dynamic: bool
 
     def batch(self, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = self.x[index]
+        # index_select copies rows in one pass; x[index] goes through advanced indexing, ~5x slower.
+        x = self.x.index_select(0, index)
         if self.dynamic:
             x = torch.bernoulli(x, generator=generator)
-        return x, None if self.y is None else self.y[index]
+        return x, None if self.y is None else self.y.index_select(0, index)
 
 
 def to_device(data: ImageData, device: torch.device, binarize: str = "none", seed: int = 0) -> DeviceData:

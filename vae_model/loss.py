@@ -6,7 +6,6 @@ import math
 from typing import NamedTuple
 
 import torch
-from torch.nn import functional as F
 
 from vae_model.model import VAE
 
@@ -22,15 +21,20 @@ class ElboTerms(NamedTuple):
 class _SummedBCEWithLogits(torch.autograd.Function):
     """Per-example summed BCE from logits: softplus(l) - x l forward, sigmoid(l) - x backward.
 
-    ATen's elementwise BCE-with-logits makes about twice as many passes over the (B, D) tensor
-    and allocates a buffer for each; this is the trainer's largest elementwise cost.
+    ATen's BCE-with-logits, softplus and log1p run unvectorised on CPU (about 1 ms for one
+    128 x 784 batch, as long as the batch's largest matrix product); softplus is written here as
+    relu(l) + log(1 + exp(-|l|)) in place, from ops that are vectorised, about 4x faster.
+    For |l| > 17 the log term rounds to 0 instead of exp(-|l|) < 4e-8 nats: no matter for a sum.
     """
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        # bf16 logits from CPU autocast are summed in fp32; float64 stays float64.
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         ctx.save_for_backward(logits, x)
-        return torch.addcmul(F.softplus(logits), x, logits, value=-1.0).sum(1)
+        softplus = logits.abs().neg_().exp_().add_(1).log_().add_(logits.clamp(min=0))
+        return softplus.addcmul_(x, logits, value=-1.0).sum(1)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
@@ -60,10 +64,12 @@ def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tenso
 
 
 def elbo(
-    model: VAE, x: torch.Tensor, y: torch.Tensor | None = None, generator: torch.Generator | None = None
+    model: VAE, x: torch.Tensor, y: torch.Tensor | None = None, generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> ElboTerms:
-    """One-sample ELBO of each example in a batch: E_q[log p(x|z)] - KL(q(z|x) || p(z))."""
-    logits, mu, logvar = model(x, y, generator)
+    """One-sample ELBO of each example in a batch: E_q[log p(x|z)] - KL(q(z|x) || p(z)).
+    The reparameterisation noise is drawn from `generator` unless given as `noise`."""
+    logits, mu, logvar = model(x, y, generator, noise)
     recon = -log_likelihood(x.flatten(1), logits, model.cfg.likelihood, model.log_scale)
     # fp32 for the sums even when the layers run in bf16 (CUDA autocast).
     kl = kl_to_standard_normal(mu.float(), logvar.float())

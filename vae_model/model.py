@@ -169,15 +169,18 @@ class VAE(nn.Module):
         return self.decoder(z if onehot is None else torch.cat([z, onehot], dim=1))
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor | None = None, generator: torch.Generator | None = None
+        self, x: torch.Tensor, y: torch.Tensor | None = None, generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`noise`, standard normal (B, latent_dim), replaces the draw from `generator`."""
         mu, logvar = self.encode(x, y)
-        z = reparameterize(mu, logvar, generator)
+        z = reparameterize(mu, logvar, generator, noise)
         return self.decode(z, y), mu, logvar
 
 
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None,
+                   noise: torch.Tensor | None = None) -> torch.Tensor:
+    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype) if noise is None else noise
     return mu + eps * torch.exp(0.5 * logvar)
 
 

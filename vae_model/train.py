@@ -168,12 +168,22 @@ def _cpu(y: torch.Tensor | None):
     return None if y is None else y.cpu().numpy()
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 products natively here (AVX512-BF16 or AMX)."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    # A CPU without native bf16 would emulate it, slower than fp32: train.bf16 is ignored there.
+    if cfg.bf16 and (device.type == "cuda" or cpu_has_native_bf16()):
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
 def _compile_step(model: VAE, cfg: TrainConfig, device: torch.device):
-    autocast = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
-        if device.type == "cuda" and cfg.bf16
-        else contextlib.nullcontext
-    )
+    autocast = _autocast(cfg, device)
+    if cfg.compile and device.type == "cuda":
+        return _graphed_step(model, autocast)
 
     def step(x: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator, kl_weight: float):
         with autocast():
@@ -181,8 +191,27 @@ def _compile_step(model: VAE, cfg: TrainConfig, device: torch.device):
             loss = (terms.recon + kl_weight * terms.kl).mean()
         return loss, terms.elbo.detach().sum()
 
-    if cfg.compile and device.type == "cuda":
-        return torch.compile(step)
+    return step
+
+
+def _graphed_step(model: VAE, autocast):
+    """CUDA: forward and backward replayed as CUDA graphs (compile mode "reduce-overhead"): at batch
+    128 an eager step is bound by kernel launches. The noise is drawn outside the graph, from the
+    run's generator, and the KL weight (a new float each warm-up step) is applied outside too,
+    so neither makes the graph recompile."""
+
+    def terms_of(x: torch.Tensor, y: torch.Tensor | None, noise: torch.Tensor):
+        with autocast():
+            return elbo(model, x, y, noise=noise)
+
+    graphed = torch.compile(terms_of, mode="reduce-overhead", dynamic=False)
+
+    def step(x: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator, kl_weight: float):
+        noise = torch.randn(len(x), model.cfg.latent_dim, generator=generator, device=x.device)
+        torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are spent
+        terms = graphed(x, y, noise)
+        return (terms.recon + kl_weight * terms.kl).mean(), terms.elbo.detach().sum()
+
     return step
 
 
