@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from flows.config import load_config  # noqa: E402
 from vae_model.data.sources import load_source  # noqa: E402
-from vae_model.evaluate import evaluate_elbo, evaluate_iw, held_out  # noqa: E402
+from vae_model.likelihood import evaluate_elbo, evaluate_iw, held_out  # noqa: E402
 from vae_model.train import resolve_device, train, vae_config  # noqa: E402
 
 

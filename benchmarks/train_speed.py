@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from vae_model.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from vae_model.data.sources import load_source  # noqa: E402
-from vae_model.evaluate import evaluate_elbo, held_out  # noqa: E402
+from vae_model.likelihood import evaluate_elbo, held_out  # noqa: E402
 from vae_model.train import cpu_has_native_bf16, train, vae_config  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mnist" / "raw"

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from flows.config import PipelineConfig
 from vae_model.data import ImageData, read_snapshot, row_hashes
-from vae_model.evaluate import heldout_figures
+from vae_model.likelihood import heldout_figures
 from vae_model.model import VAE
 from vae_model.weights import WEIGHTS_FILE, load_model, read_weights, save_weights
 

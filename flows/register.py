@@ -24,7 +24,7 @@ from flows.promotion_lock import promotion_lock
 from flows.retry import network
 from vae_model.weights import load_model
 from vae_model.data import ImageData, read_snapshot, row_hashes
-from vae_model.evaluate import unscorable
+from vae_model.likelihood import unscorable
 
 
 def decide(challenger: float | None, incumbent: float | None, min_improvement: float, why_not: str | None = None) -> tuple[bool, str]:

@@ -19,7 +19,7 @@ from flows.config import PipelineConfig
 from flows.retry import network
 from vae_model.checkpoint import checkpoint_path
 from vae_model.data import read_snapshot
-from vae_model.evaluate import held_out
+from vae_model.likelihood import held_out
 from vae_model.images import reconstruction_grid, sample_grid
 from vae_model.model import VAE
 from vae_model.weights import WEIGHTS_FILE, save_model

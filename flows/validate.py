@@ -13,7 +13,7 @@ from flows.config import PipelineConfig
 from flows.retry import network
 from vae_model.weights import load_model
 from vae_model.data import read_snapshot
-from vae_model.evaluate import heldout_figures
+from vae_model.likelihood import heldout_figures
 from vae_model.gate import quality_gate
 
 

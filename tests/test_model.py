@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from vae_model.config import DataConfig, ModelConfig, TrainConfig
 from vae_model.data.sources import load_source
-from vae_model.evaluate import evaluate_elbo, held_out, to_device
+from vae_model.likelihood import evaluate_elbo, held_out, to_device
 from vae_model.loss import bernoulli_nll, elbo, iw_log_likelihood, kl_to_standard_normal, log_likelihood
 from vae_model.model import VAE, VAEConfig
 from vae_model.train import train, vae_config

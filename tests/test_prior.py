@@ -59,7 +59,7 @@ def test_training_fits_the_prior_to_the_posterior_means(conditional):
     result = train(cfg, TrainConfig(epochs=2, progress=False), train_data, val_data)
     model = result.model.eval()
     assert model.prior.fitted
-    from vae_model.evaluate import to_device
+    from vae_model.likelihood import to_device
 
     codes = posterior_means(model, to_device(train_data, torch.device("cpu")), seed=0)
     groups = model.prior.means.shape[0]

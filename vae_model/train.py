@@ -20,7 +20,7 @@ from vae_model.checkpoint import load_checkpoint, save_checkpoint
 from vae_model.config import ModelConfig, TrainConfig
 from vae_model.data.dataset import ImageData
 from vae_model.errors import TrainingDiverged, UserError
-from vae_model.evaluate import DeviceData, evaluate_elbo, held_out, to_device
+from vae_model.likelihood import DeviceData, evaluate_elbo, held_out, to_device
 from vae_model.loss import elbo
 from vae_model.model import VAE, VAEConfig
 from vae_model.prior import fit_prior
