@@ -41,12 +41,9 @@ def vae_config(model: ModelConfig, data: ImageData) -> VAEConfig:
     if model.conditional and data.labels is None:
         raise UserError(f"{data.source}: model.conditional=true needs labels, and this dataset has none")
     c, h, w = data.shape
-    return VAEConfig(
-        channels=c, height=h, width=w, latent_dim=model.latent_dim, hidden_dim=model.hidden_dim,
-        hidden_layers=model.hidden_layers, activation=model.activation, arch=model.arch,
-        num_classes=data.num_classes if model.conditional else 0,
-        likelihood=model.likelihood, learn_scale=model.learn_scale, prior_components=model.prior_components,
-    )
+    # The config's fields as they are, plus what the data decides: the image shape and the classes.
+    return VAEConfig(channels=c, height=h, width=w, num_classes=data.num_classes if model.conditional else 0,
+                     **model.model_dump(exclude={"conditional"}))
 
 
 def make_optimizer(model: VAE, lr: float) -> torch.optim.Optimizer:
