@@ -22,6 +22,7 @@ import typer  # noqa: E402
 
 from flows.config import PipelineConfig, load_config  # noqa: E402
 from vae_model.atomic import check_writable_dir  # noqa: E402
+from vae_model.config import SHARD_SIZE  # noqa: E402
 from vae_model.errors import UserError  # noqa: E402
 from vae_model.sampling import check_positive  # noqa: E402
 
@@ -126,7 +127,7 @@ def generate(
     seed: Annotated[int, typer.Option(help="Sampling seed")] = 0,
     format: Annotated[str, typer.Option("--format", help="parquet, png or parquet,png")] = "parquet,png",
     labels: Annotated[str | None, typer.Option(help="Conditional models: 3, 0,1,2 or 0:0.7,1:0.3")] = None,
-    shard_size: Annotated[int, typer.Option(help="Samples per shard")] = 65536,
+    shard_size: Annotated[int, typer.Option(help="Samples per shard")] = SHARD_SIZE,
     temperature: Annotated[float, typer.Option(help="Scale of the prior's noise: below 1 more typical, above 1 more diverse")] = 1.0,
     overwrite: Annotated[bool, typer.Option(help="Replace another request's output in --out")] = False,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking/registry URI")] = None,

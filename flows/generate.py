@@ -19,6 +19,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from flows import registered_model, tracking
 from flows.request import finish, plan
 from flows.retry import network
+from vae_model.config import SHARD_SIZE
 from vae_model.errors import UserError
 from vae_model.generate import cores, make_shard, png_writers
 from vae_model.sampling import Request, SamplerSpec, num_shards
@@ -70,7 +71,7 @@ def generate(
     seed: int = 0,
     formats: list[str] | None = None,
     labels: str | None = None,
-    shard_size: int = 65536,
+    shard_size: int = SHARD_SIZE,
     overwrite: bool = False,
     tracking_uri: str | None = None,
     dask_address: str | None = None,

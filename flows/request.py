@@ -16,6 +16,7 @@ from typing import Any
 
 from flows import registered_model, tracking
 from vae_model.generate import cores, make_shards, prepare_output, write_manifest
+from vae_model.config import SHARD_SIZE
 from vae_model.sampling import Request, SamplerSpec, parse_labels
 
 DEFAULT_ROOT = Path("outputs")
@@ -36,7 +37,7 @@ def default_out_dir(request: Request) -> Path:
 
 
 def plan(model_uri: str, num_samples: int, out_dir: str | None, seed: int = 0, formats: list[str] | None = None,
-         labels: str | None = None, shard_size: int = 65536, overwrite: bool = False,
+         labels: str | None = None, shard_size: int = SHARD_SIZE, overwrite: bool = False,
          tracking_uri: str | None = None, temperature: float = 1.0) -> Planned:
     """Resolve the model, check the request (`Request` does) and prepare the output folder
     (resume or refuse)."""

@@ -2,8 +2,8 @@
 in, its samples out, the very draws `vae-pipeline generate` writes for the same request.
 
 Input: one row per request, columns `num_samples`, and optionally `seed` (0), `labels` (as
-`--labels`: "3", "0,1,2" or "0:0.7,1:0.3"), `temperature` (1.0) and `shard_size` (65536: part
-of what defines the draws). Output: a row per sample, `request` (the input row), `sample_id`,
+`--labels`: "3", "0,1,2" or "0:0.7,1:0.3"), `temperature` (1.0) and `shard_size` (vae_model.config.SHARD_SIZE:
+part of what defines the draws). Output: a row per sample, `request` (the input row), `sample_id`,
 `label` (null for an unconditional model) and `pixels` (uint8, C*H*W). The weights are the
 artifact `weights.pt` (vae_model.weights), read with `weights_only=True`; the package `vae_model` must be importable.
 """
@@ -17,6 +17,7 @@ from mlflow.models import set_model
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
+from vae_model.config import SHARD_SIZE
 from vae_model.errors import UserError
 from vae_model.weights import load_sampler, model_config
 from vae_model.sampling import (
@@ -45,7 +46,7 @@ class SampleRequests(PythonModel):
         labels, proportions = parse_labels(_given(row, "labels", None), self.spec.num_classes)
         # The model fields only label files; they play no part in the draws.
         return Request(num_samples=int(row["num_samples"]), seed=int(_given(row, "seed", 0)), model_uri="",
-                       model_name="", model_version="", shard_size=int(_given(row, "shard_size", 65536)),
+                       model_name="", model_version="", shard_size=int(_given(row, "shard_size", SHARD_SIZE)),
                        labels=labels, labels_are_proportions=proportions,
                        temperature=float(_given(row, "temperature", 1.0)))
 

@@ -6,14 +6,17 @@ import os
 
 import pytest
 
-from vae_model.atomic import atomic_path, write_bytes
+from vae_model.atomic import AtomicFolder, atomic_path, write_bytes
 
 
-def test_writes_whole_files_and_leaves_no_temporaries(tmp_path):
+@pytest.mark.parametrize("writer", ["write_bytes", "AtomicFolder"])
+def test_writes_whole_files_and_leaves_no_temporaries(tmp_path, writer):
     (tmp_path / "b.png").write_bytes(b"left whole by a killed run")
-    for i in range(50):
-        write_bytes(tmp_path / f"{i:03d}.png", bytes([i]) * (i * 1000))
-    write_bytes(tmp_path / "b.png", b"new")
+    with AtomicFolder(tmp_path) as folder:
+        write = (lambda name, data: write_bytes(tmp_path / name, data)) if writer == "write_bytes" else folder.write
+        for i in range(50):
+            write(f"{i:03d}.png", bytes([i]) * (i * 1000))
+        write("b.png", b"new")
     with pytest.raises(RuntimeError), atomic_path(tmp_path / "c.png") as tmp:
         tmp.write_bytes(b"half")
         raise RuntimeError("killed mid-write")

@@ -88,6 +88,11 @@ class EvaluateConfig(Section):
     out_dir: str = ".vae-pipeline/evaluate"
 
 
+# Samples per shard. Part of what defines the draws (shard i is seeded by the request's seed and
+# i), so every entry point takes this one default.
+SHARD_SIZE = 65536
+
+
 class GenerateConfig(Section):
     num_samples: int = Field(1000, ge=1)
     seed: int = 0
@@ -95,7 +100,7 @@ class GenerateConfig(Section):
     temperature: float = Field(1.0, gt=0)
     out_dir: str = "outputs/samples"
     formats: list[Literal["parquet", "png"]] = ["parquet", "png"]
-    shard_size: int = Field(65536, ge=1)
+    shard_size: int = Field(SHARD_SIZE, ge=1)
     # Run the shards on an existing Dask cluster (scheduler address, e.g. tcp://host:8786), or
     # on a local cluster of this many single-threaded worker processes; neither: this process.
     dask_address: str | None = None

@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-# `atomic_path` names its temporary file `.<name>.<12 hex>.tmp` (`.<name>.tmp`: older versions' PNG writer).
+# `atomic_path` names its temporary file `.<name>.<12 hex>.tmp`, `AtomicFolder` `.<name>.tmp`.
 _TMP = r"\.(?:{})(?:\.[0-9a-f]{{12}})?\.tmp"
 _TOP = r"part-\d{5,}\.parquet|preview\.png|manifest\.json"
 _RECORDS = r"part-\d{5,}\.json|request\.json"

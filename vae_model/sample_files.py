@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
-from vae_model.atomic import atomic_path, write_bytes
+from vae_model.atomic import AtomicFolder, atomic_path
 
 if TYPE_CHECKING:
     from vae_model.sampling import Request
@@ -91,11 +91,16 @@ def encode_png(image: np.ndarray) -> bytes:
 def write_pngs(out: Path, images: np.ndarray, folders: list[str], ids: np.ndarray) -> list[dict[str, Any]]:
     """Write out/images/<folder>/<sample_id>.png, each atomically; return manifest entries."""
     entries = []
-    for image, folder, sample_id in zip(images, folders, ids.tolist(), strict=True):
-        data = encode_png(image)
-        path = f"images/{folder}/{sample_id:09d}.png"
-        write_bytes(out / path, data)
-        entries.append({"path": path, "rows": 1, "sha256": hashlib.sha256(data).hexdigest()})
+    with contextlib.ExitStack() as stack:
+        writers = {}
+        for folder in sorted(set(folders)):
+            (out / "images" / folder).mkdir(parents=True, exist_ok=True)
+            writers[folder] = stack.enter_context(AtomicFolder(out / "images" / folder))
+        for image, folder, sample_id in zip(images, folders, ids.tolist(), strict=True):
+            data = encode_png(image)
+            name = f"{sample_id:09d}.png"
+            writers[folder].write(name, data)
+            entries.append({"path": f"images/{folder}/{name}", "rows": 1, "sha256": hashlib.sha256(data).hexdigest()})
     return entries
 
 

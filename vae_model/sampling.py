@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from vae_model import __version__
+from vae_model.config import SHARD_SIZE
 from vae_model.errors import UserError
 from vae_model.model import VAEConfig, sampler_input
 from vae_model.torch_state import torch_state
@@ -62,7 +63,7 @@ class Request:
     model_name: str
     model_version: str
     formats: tuple[str, ...] = ("parquet", "png")
-    shard_size: int = 65536
+    shard_size: int = SHARD_SIZE
     labels: tuple[float, ...] | None = None
     labels_are_proportions: bool = False
     # Scales the prior's noise: below 1 trades diversity for fidelity, above 1 the reverse.
