@@ -1,0 +1,66 @@
+"""PNG encoders for the sample shards: Pillow's per-image path (what `generate` uses) against
+OpenCV's and imagecodecs' encoders at the same zlib level, on the same MNIST test images, checking
+that each decodes to the same pixels. OpenCV and imagecodecs are not dependencies of the project:
+install them beside it (`pip install --target DIR opencv-python-headless imagecodecs`, then
+`PYTHONPATH=DIR`) to compare; an encoder that is not installed is reported as such.
+
+    python benchmarks/png_encoders.py [--n 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vae_model.sample_files import PNG_COMPRESS_LEVEL, encode_png  # noqa: E402
+
+MNIST = ROOT.parent / "shared" / "data" / "mnist" / "raw" / "t10k-images-idx3-ubyte.gz"
+
+
+def encoders() -> dict:
+    found = {"pillow (project)": encode_png}
+    try:
+        import cv2
+
+        found["opencv"] = lambda im: cv2.imencode(".png", im[0], [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESS_LEVEL])[1].tobytes()
+    except ImportError:
+        print("opencv: not installed")
+    try:
+        import imagecodecs
+
+        found["imagecodecs"] = lambda im: imagecodecs.png_encode(im[0], level=PNG_COMPRESS_LEVEL)
+    except ImportError:
+        print("imagecodecs: not installed")
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=5000)
+    args = parser.parse_args()
+    if MNIST.exists():
+        images = np.frombuffer(gzip.decompress(MNIST.read_bytes()), np.uint8, offset=16).reshape(-1, 1, 28, 28)[: args.n]
+    else:
+        images = np.random.default_rng(0).integers(0, 256, (args.n, 1, 28, 28), dtype=np.uint8)
+    print(f"{len(images)} images 28x28, zlib level {PNG_COMPRESS_LEVEL}, one thread")
+    for name, encode in encoders().items():
+        started = time.perf_counter()
+        out = [encode(image) for image in images]
+        seconds = time.perf_counter() - started
+        same = all(np.array_equal(np.asarray(Image.open(io.BytesIO(b))), im[0]) for b, im in zip(out, images, strict=True))
+        print(f"{name:18s} {len(images) / seconds:9,.0f} images/s  {np.mean([len(b) for b in out]):5.0f} bytes/image  "
+              f"same pixels: {same}")
+
+
+if __name__ == "__main__":
+    main()
