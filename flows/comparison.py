@@ -15,20 +15,17 @@ from flows.config import PipelineConfig
 from vae_model.data import ImageData, read_snapshot, row_hashes
 from vae_model.likelihood import heldout_figures
 from vae_model.model import VAE
-from vae_model.weights import WEIGHTS_FILE, load_model, read_weights, save_weights
+from vae_model.weights import WEIGHTS_FILE, load_model
 
 WEIGHTS_DIR = "vae"
 TRAIN_ROWS = "train_rows.npy"
 
 
-def log_weights(checkpoint: str, run_id: str) -> str:
-    """Log the whole VAE (the registered model is only the decoder, and the ELBO needs the encoder)
-    as a run artifact holding tensors and plain config only; return its `runs:/` URI."""
-    state = read_weights(checkpoint)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = save_weights(Path(tmp) / WEIGHTS_FILE, state["model_config"], state["model"])
-        MlflowClient().log_artifact(run_id, str(path), WEIGHTS_DIR)
-    return f"runs:/{run_id}/{WEIGHTS_DIR}/{WEIGHTS_FILE}"
+def weights_uri(model_id: str) -> str:
+    """Where the logged model keeps the whole VAE (the ELBO needs the encoder): its `weights.pt`
+    artifact, the file `generate` reads too. Versions registered before it logged a copy with
+    their run (`runs:/<run>/vae/weights.pt`); their tags still point there."""
+    return f"{mlflow.get_logged_model(model_id).artifact_location}/artifacts/{WEIGHTS_FILE}"
 
 
 def load_weights(uri: str) -> VAE:

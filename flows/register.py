@@ -2,8 +2,8 @@
 beats the current champion on the same held-out data by `register.min_improvement`.
 
 Both models are scored here by one function on the current snapshot's held-out rows that neither
-trained on: the challenger from its checkpoint, the champion from the full VAE weights logged with
-its run (`weights_uri` tag), its training rows known from the row hashes logged beside them
+trained on: the challenger from its checkpoint, the champion from the full VAE weights its logged
+model carries (`weights_uri` tag), its training rows known from the row hashes logged beside them
 (`train_rows_uri` tag). The champion is re-scored on every decision rather than trusted from its
 tag, because its tag was measured on the data of its own day; and its own training rows are left
 out, because a model scored on rows it learned wins for the wrong reason."""
@@ -161,7 +161,7 @@ def register(cfg: PipelineConfig, data: dict[str, Any], trained: dict[str, Any],
                 "data_sha256": data["sha256"],
                 "config_sha256": cfg.sha256(),
                 "validation_status": "passed",
-                "weights_uri": comparison.log_weights(trained["checkpoint"], run_id),
+                "weights_uri": comparison.weights_uri(model_id),
                 "train_rows_uri": comparison.log_training_rows(own_rows, run_id),
                 **({"git_commit": commit} if (commit := tracking.git_commit()) else {}),
                 **_compare(incumbent, trained, data, val_data, own_rows, cfg),

@@ -11,7 +11,7 @@ import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from vae_model.weights import WEIGHTS_FILE, model_config
+from vae_model.weights import WEIGHTS_FILE
 from vae_model.weights import load_sampler as sampler_from_file
 from vae_model.errors import UserError
 from vae_model.sampling import SamplerSpec
@@ -43,7 +43,7 @@ def _spec(name: str, version: str) -> SamplerSpec:
         # first ~0.35 s of MLflow model imports, which the weights file spares every request.)
         meta = mlflow.models.get_model_info(f"models:/{name}/{version}").metadata or {}
         return SamplerSpec(meta["latent_dim"], meta["channels"], meta["height"], meta["width"], meta.get("num_classes", 0))
-    return SamplerSpec.of(model_config(weights))
+    return SamplerSpec.of(_load(mlflow.get_registry_uri(), name, version).cfg)
 
 
 def load_sampler(name: str, version: str):
@@ -59,8 +59,8 @@ WEIGHTS_PATHS = (f"artifacts/{WEIGHTS_FILE}", "artifacts/sampler.pt", "extra_fil
 
 @functools.lru_cache(maxsize=4)
 def _weights(registry_uri: str, name: str, version: str) -> str | None:
-    """The local path of the version's weights file, downloaded once per process for both the spec
-    and the decoder; None for versions logged before it."""
+    """The local path of the version's weights file, downloaded once per process; None for versions
+    logged before it."""
     for path in WEIGHTS_PATHS:
         try:
             local = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}/{path}")

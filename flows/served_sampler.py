@@ -19,7 +19,7 @@ from mlflow.pyfunc import PythonModel
 
 from vae_model.config import SHARD_SIZE
 from vae_model.errors import UserError
-from vae_model.weights import load_sampler, model_config
+from vae_model.weights import load_sampler
 from vae_model.sampling import (
     Request,
     SamplerSpec,
@@ -40,7 +40,7 @@ class SampleRequests(PythonModel):
         # "sampler": the decoder-and-prior file of versions logged before the one weights layout.
         path = context.artifacts.get("weights") or context.artifacts["sampler"]
         self.decode = load_sampler(path)
-        self.spec = SamplerSpec.of(model_config(path))
+        self.spec = SamplerSpec.of(self.decode.cfg)
 
     def request(self, row: dict) -> Request:
         labels, proportions = parse_labels(_given(row, "labels", None), self.spec.num_classes)

@@ -75,6 +75,25 @@ def mnist_available() -> bool:
 needs_mnist = pytest.mark.skipif(not mnist_available(), reason=f"MNIST gz files not found in {MNIST_RAW}")
 
 
+def gated(*extra: str) -> tuple:
+    """Ingest, train and validate a TINY model through the step functions themselves (as Prefect
+    would call them, without a flow run); it passed the gate. Returns the register step's arguments:
+    (config, data, trained, report)."""
+    from flows import tracking
+    from flows.config import load_config
+    from flows.ingest import ingest
+    from flows.train import train
+    from flows.validate import validate
+
+    cfg = load_config(None, [*TINY, *extra])
+    run_id = tracking.start_run(cfg.tracking)
+    data = ingest.fn(cfg, run_id)
+    trained = train.fn(cfg, data, run_id)
+    report = validate.fn(cfg, data, trained, run_id)
+    assert report["passed"]
+    return cfg, data, trained, report
+
+
 def register_tiny_models(root: Path, specs: dict[str, bool], epochs: int = 2, hidden_dim: int = 32) -> str:
     """Train tiny digits models (name -> conditional) and register each as version 1 with the
     alias `champion` in a new SQLite store under `root`; returns the store URI."""

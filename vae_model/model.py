@@ -205,6 +205,7 @@ class Sampler(nn.Module):
     def __init__(self, decoder: nn.Module, prior: MixturePrior, cfg: VAEConfig):
         super().__init__()
         self.decoder, self.prior = decoder, prior
+        self.cfg = cfg  # what it takes and gives: the model's config
         self.latent_dim, self.num_classes = cfg.latent_dim, cfg.num_classes
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:

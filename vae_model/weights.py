@@ -34,7 +34,10 @@ def read_weights(path: str | Path, device: torch.device | str = "cpu") -> dict[s
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> VAE:
-    state = read_weights(path, device)
+    return _model(read_weights(path, device), path, device)
+
+
+def _model(state: dict[str, Any], path: str | Path, device: torch.device | str = "cpu") -> VAE:
     model = VAE(VAEConfig(**state["model_config"])).to(device)
     keys = model.load_state_dict(state["model"], strict=False)
     # Weights saved before the fitted prior have none, and sample from N(0, I) as they did.
@@ -45,17 +48,13 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> VAE:
 
 def load_sampler(path: str | Path) -> Sampler:
     """The prior and decoder of a weights file, or of a `sampler.pt` from versions registered
-    before this layout (decoder and prior tensors only)."""
+    before this layout (decoder and prior tensors only). Its `cfg` is the model's config."""
     state = read_weights(path)
     if "model" in state:
-        return Sampler.of(load_model(path))
+        return Sampler.of(_model(state, path))
     cfg = VAEConfig(**state["model_config"])
     decoder, prior = build_decoder(cfg), build_prior(cfg)
     decoder.load_state_dict(state["decoder"])
     if state.get("prior") is not None:
         prior.load_state_dict(state["prior"])
     return Sampler(decoder, prior, cfg).eval()
-
-
-def model_config(path: str | Path) -> VAEConfig:
-    return VAEConfig(**read_weights(path)["model_config"])

@@ -8,15 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from flows import comparison, tracking
-from flows.config import load_config
-from flows.ingest import ingest
+from flows import comparison
 from flows.register import decide, register
-from flows.train import train
-from flows.validate import validate
-from tests.conftest import TINY
-from vae_model.weights import load_model
+from tests.conftest import gated
 from vae_model.config import DataConfig
+from vae_model.weights import load_model
 from vae_model.data import ImageData, load_source, read_snapshot, row_hashes
 
 # The steps are called as plain functions here; in a flow run the artifact belongs to the task run.
@@ -25,12 +21,7 @@ artifact_outside_flow = pytest.mark.filterwarnings("ignore:Artifact creation out
 
 def _retrain(*extra: str) -> dict:
     """One gated-and-registered retrain through the step functions themselves."""
-    cfg = load_config(None, [*TINY, *extra])
-    run_id = tracking.start_run(cfg.tracking)
-    data = ingest.fn(cfg, run_id)
-    trained = train.fn(cfg, data, run_id)
-    report = validate.fn(cfg, data, trained, run_id)
-    assert report["passed"]
+    cfg, data, trained, report = gated(*extra)
     model = register.fn(cfg, data, trained, report)
     return {"cfg": cfg, "data": data, "trained": trained, "report": report, "model": model,
             "version": MlflowClient().get_model_version("vae-digits", model["version"])}

@@ -4,7 +4,6 @@ arguments, as Prefect's retry does, on a real MLflow SQLite store."""
 from __future__ import annotations
 
 import contextlib
-import shutil
 import threading
 from pathlib import Path
 
@@ -12,28 +11,15 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from flows import tracking
-from flows.config import PipelineConfig, load_config
-from flows.ingest import ingest
 from flows.register import register
 from flows.train import train
-from flows.validate import validate
-from tests.conftest import TINY
+from tests.conftest import gated
 from tests.reliability.servers import mlflow_server
 
 # Called as plain functions, the steps' Prefect artifacts belong to no flow run.
 pytestmark = [pytest.mark.usefixtures("prefect_server"),
               pytest.mark.filterwarnings("ignore:Artifact creation outside of a flow:FutureWarning")]
 
-
-def _trained(*extra: str) -> tuple[PipelineConfig, dict, dict, dict]:
-    cfg = load_config(None, [*TINY, *extra])
-    run_id = tracking.start_run(cfg.tracking)
-    data = ingest.fn(cfg, run_id)
-    trained = train.fn(cfg, data, run_id)
-    report = validate.fn(cfg, data, trained, run_id)
-    assert report["passed"]
-    return cfg, data, trained, report
 
 
 def _versions() -> list[str]:
@@ -45,7 +31,7 @@ def _champion() -> str:
 
 
 def test_a_repeated_train_resumes_its_own_checkpoint_and_logs_each_epoch_once(workdir):
-    config, data, first, _ = _trained("train.seed=3")
+    config, data, first, _ = gated("train.seed=3")
     run_id = mlflow.get_logged_model(first["model_id"]).source_run_id
     again = train.fn(config, data, run_id)  # train.resume is false, as in TINY
     assert again["resumed_from_epoch"] == 4 and again["epochs"] == 3, "no epoch is trained again"
@@ -55,7 +41,7 @@ def test_a_repeated_train_resumes_its_own_checkpoint_and_logs_each_epoch_once(wo
 
 
 def test_a_repeated_register_finishes_the_same_version(workdir):
-    config, data, trained, report = _trained()
+    config, data, trained, report = gated()
     first = register.fn(config, data, trained, report)
     tags = MlflowClient().get_model_version("vae-digits", first["version"]).tags
     again = register.fn(config, data, trained, report)
@@ -65,8 +51,8 @@ def test_a_repeated_register_finishes_the_same_version(workdir):
 
 
 def test_a_repeated_register_does_not_take_back_a_champion_promoted_since(workdir):
-    weak = _trained("train.epochs=1")
-    strong = _trained("train.epochs=4", "train.seed=1")
+    weak = gated("train.epochs=1")
+    strong = gated("train.epochs=4", "train.seed=1")
     assert register.fn(*weak)["promoted"]
     assert register.fn(*strong)["promoted"], "four epochs beat one"
     again = register.fn(*weak)
@@ -75,12 +61,11 @@ def test_a_repeated_register_does_not_take_back_a_champion_promoted_since(workdi
 
 
 def test_register_failing_on_the_champions_weights_leaves_no_version(workdir):
-    config, data, trained, report = _trained()
+    config, data, trained, report = gated()
     register.fn(config, data, trained, report)
     weights = MlflowClient().get_model_version("vae-digits", "1").tags["weights_uri"]
-    champion_run = MlflowClient().get_run(weights.split("/")[1])
-    shutil.rmtree(Path(champion_run.info.artifact_uri.removeprefix("file://")) / "vae")
-    challenger = _trained("train.seed=1")
+    Path(weights.removeprefix("file://")).unlink()
+    challenger = gated("train.seed=1")
     for _ in range(2):  # the first attempt and a retry
         with pytest.raises(Exception, match="weights.pt"):
             register.fn(*challenger)
@@ -94,7 +79,7 @@ def test_two_registers_at_once_decide_one_after_the_other(workdir, store):
             uri, _ = stack.enter_context(mlflow_server(workdir / "server"))
             stack.enter_context(_tracking(uri))
         extra = [f"tracking.uri={uri}"] if store == "server" else []
-        challengers = [_trained("train.epochs=1", *extra), _trained("train.epochs=4", "train.seed=1", *extra)]
+        challengers = [gated("train.epochs=1", *extra), gated("train.epochs=4", "train.seed=1", *extra)]
         start, results = threading.Barrier(2), {}
 
         def run(i: int) -> None:
