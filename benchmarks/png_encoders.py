@@ -1,10 +1,12 @@
-"""PNG encoders for the sample shards: Pillow's per-image path (what `generate` uses) against
-OpenCV's and imagecodecs' encoders at the same zlib level, on the same MNIST test images, checking
-that each decodes to the same pixels. OpenCV and imagecodecs are not dependencies of the project:
+"""PNG encoders and writers for the sample shards. Encoders: Pillow's per-image path (what
+`generate` uses) against OpenCV's and imagecodecs' at the same zlib level, on the same MNIST test
+images, checking that each decodes to the same pixels. Writers: `AtomicFolder` (names relative to
+the open folder, what `generate` uses) against `write_bytes` (full paths), both atomic, into
+`--scratch` (a tmpfs such as /dev/shm shows the CPU cost without the disk's writeback). OpenCV and imagecodecs are not dependencies of the project:
 install them beside it (`pip install --target DIR opencv-python-headless imagecodecs`, then
 `PYTHONPATH=DIR`) to compare; an encoder that is not installed is reported as such.
 
-    python benchmarks/png_encoders.py [--n 5000]
+    python benchmarks/png_encoders.py [--n 5000] [--scratch DIR]
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import gzip
 import io
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from vae_model.atomic import AtomicFolder, write_bytes  # noqa: E402
 from vae_model.sample_files import PNG_COMPRESS_LEVEL, encode_png  # noqa: E402
 
 MNIST = ROOT.parent / "shared" / "data" / "mnist" / "raw" / "t10k-images-idx3-ubyte.gz"
@@ -47,6 +51,7 @@ def encoders() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--scratch", type=Path, default=None, help="where the writers write (default: a temp dir)")
     args = parser.parse_args()
     if MNIST.exists():
         images = np.frombuffer(gzip.decompress(MNIST.read_bytes()), np.uint8, offset=16).reshape(-1, 1, 28, 28)[: args.n]
@@ -60,6 +65,24 @@ def main() -> None:
         same = all(np.array_equal(np.asarray(Image.open(io.BytesIO(b))), im[0]) for b, im in zip(out, images, strict=True))
         print(f"{name:18s} {len(images) / seconds:9,.0f} images/s  {np.mean([len(b) for b in out]):5.0f} bytes/image  "
               f"same pixels: {same}")
+
+    data = [encode_png(image) for image in images]
+    for name, write in (("AtomicFolder (project)", _folder_writer), ("write_bytes", _path_writer)):
+        with tempfile.TemporaryDirectory(dir=args.scratch) as folder:
+            started = time.perf_counter()
+            write(Path(folder), data)
+            print(f"{name:22s} {len(data) / (time.perf_counter() - started):9,.0f} files/s")
+
+
+def _folder_writer(folder: Path, data: list[bytes]) -> None:
+    with AtomicFolder(folder) as writer:
+        for i, blob in enumerate(data):
+            writer.write(f"{i:09d}.png", blob)
+
+
+def _path_writer(folder: Path, data: list[bytes]) -> None:
+    for i, blob in enumerate(data):
+        write_bytes(folder / f"{i:09d}.png", blob)
 
 
 if __name__ == "__main__":
