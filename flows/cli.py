@@ -78,15 +78,27 @@ def _load(config: Path | None, overrides: list[str] | None) -> PipelineConfig:
 def run(
     config: Annotated[Path | None, typer.Option("--config", help="YAML config (default: configs/default.yaml)")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set train.epochs=3")] = None,
+    prefect: Annotated[bool, typer.Option("--prefect", help="Run as the Prefect flow (a flow run in the UI), "
+                                          "on a temporary server when PREFECT_API_URL is unset")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks")] = False,
 ) -> None:
-    """Run ingest -> train -> validate -> register -> generate as one Prefect flow."""
+    """Run ingest -> train -> validate -> register -> generate (a Prefect flow where an API is configured).
+
+    Without a Prefect API (PREFECT_API_URL unset) and without --prefect or Dask, the steps run in this
+    process: no temporary server, seconds sooner. The MLflow run is its record."""
     cfg = _load(config, overrides)
     if not debug:
         _quiet_user_errors()
-    from flows.pipeline import pipeline
+    if prefect or cfg.generate.dask_address or cfg.generate.dask_workers or os.environ.get("PREFECT_API_URL"):
+        from flows.pipeline import pipeline
 
-    result = _finish(pipeline(cfg.to_dict(), return_state=True), debug)
+        result = _finish(pipeline(cfg.to_dict(), return_state=True), debug)
+        here = False
+    else:
+        from flows.pipeline import run_steps
+
+        result = _in_process(lambda: run_steps(cfg, as_tasks=False), debug)
+        here = True
     model, samples = result["model"], result["samples"]
     typer.echo(result["gate"])
     if result.get("samples_quality"):
@@ -96,6 +108,8 @@ def run(
     typer.echo(f"wrote {samples['rows']} samples of the champion, {model['name']} version {samples['model_version']}, "
                f"to {samples['out_dir']} (manifest: {samples['manifest']})")
     typer.echo(f"MLflow run {result['run_id']}")
+    if here:
+        _exit_now()
 
 
 def _exit_now() -> NoReturn:

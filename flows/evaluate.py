@@ -13,11 +13,11 @@ from typing import Any
 import mlflow
 import pyarrow.parquet as pq
 from mlflow import MlflowClient
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect import flow, task
 
 from flows import registered_model, tracking
 from flows.config import PipelineConfig
+from flows.prefect_report import artifact, log
 from vae_model.weights import load_model
 from vae_model.data import read_snapshot
 from vae_model.errors import UserError
@@ -49,9 +49,9 @@ def evaluate(cfg: PipelineConfig, data: dict[str, Any], samples_dir: str, run_id
         if (preview := Path(samples_dir) / "preview.png").exists():
             mlflow.log_artifact(str(preview), "evaluation")
         mlflow.set_tag("sample_gate_status", "passed" if decision["passed"] else "failed")
-    create_markdown_artifact(f"{report.markdown()}\n{decision['message']}\n", key="evaluation",
+    artifact(f"{report.markdown()}\n{decision['message']}\n", key="evaluation",
                              description="synthetic-data quality and privacy")
-    get_run_logger().info("evaluated %d samples in %.1f s; %s", report.counts["synthetic"], report.seconds, decision["message"])
+    log("evaluated %d samples in %.1f s; %s", report.counts["synthetic"], report.seconds, decision["message"])
     return {"passed": decision["passed"], "message": decision["message"], "headline": report.headline(),
             "seconds": report.seconds,
             "synthetic": report.synthetic, "real": report.real, "counts": report.counts}

@@ -4,6 +4,10 @@ The evaluate step scores samples drawn from the trained model before it is regis
 its optional thresholds (validate.max_exact_copy_rate, validate.max_fcd, ...) block registration
 exactly as the ELBO gate does.
 
+Without a Prefect API (PREFECT_API_URL unset) the command runs the same steps in its own process
+(`run_steps(cfg, as_tasks=False)`): a temporary Prefect server would cost a run seconds and keep
+no record once it stops; the MLflow run is the record either way.
+
 A run names a preset (configs/<name>.yaml, or a YAML path) and gives only the keys that differ from
 it, deep-merged over it: the nightly `retrain` deployment keeps its preset, GPU and gates when a
 run changes one setting.
@@ -16,17 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
-from prefect.states import Failed
+from prefect.states import Failed, State
 
 from flows import tracking
-from flows.config import resolve_config
+from flows.config import PipelineConfig, resolve_config
 from flows.evaluate import draw_samples, evaluate
 from flows.generate import generate
 from flows.ingest import ingest
+from flows.request import generate_here
 from flows.register import register
 from flows.train import train
 from flows.validate import validate
 from vae_model.atomic import check_writable_dir
+from vae_model.errors import UserError
 
 # A retrain that hangs would hold the deployment's one slot (CANCEL_NEW) and cancel every later
 # night's run: after this long it fails instead. Long enough for the presets on one GPU, or on CPU
@@ -34,41 +40,52 @@ from vae_model.atomic import check_writable_dir
 TIMEOUT_SECONDS = float(os.environ.get("VAE_PIPELINE_TIMEOUT_SECONDS", 6 * 3600))
 
 
+class GateRefused(UserError):
+    """The model failed a quality gate: nothing was registered."""
+
+
 @flow(name="vae-pipeline", timeout_seconds=TIMEOUT_SECONDS)
-def pipeline(config: dict[str, Any] | None = None, preset: str | None = None) -> dict[str, Any]:
+def pipeline(config: dict[str, Any] | None = None, preset: str | None = None) -> dict[str, Any] | State:
     """Train, gate, register and sample a VAE as the config says.
 
     config: the whole config; with `preset`, only the keys that differ from the preset's.
     preset: a file of configs/ by name (e.g. `retrain`) or a YAML path.
     """
-    cfg = resolve_config(config, preset)
+    try:
+        return run_steps(resolve_config(config, preset), as_tasks=True)
+    except GateRefused as refused:
+        return Failed(message=str(refused))
+
+
+def run_steps(cfg: PipelineConfig, as_tasks: bool) -> dict[str, Any]:
+    """The job's steps in order, as Prefect tasks of the flow run or as plain calls in this process."""
+    step = (lambda task: task) if as_tasks else (lambda task: task.fn)
     # Checked before any work so that a bad setting costs seconds and registers nothing.
     check_writable_dir(cfg.generate.out_dir, "generate.out_dir")
     run_id = tracking.start_run(cfg.tracking, run_name=f"{cfg.data.kind}-seed{cfg.train.seed}")
     try:
-        data = ingest(cfg, run_id)
-        trained = train(cfg, data, run_id)
-        report = validate(cfg, data, trained, run_id)
+        data = step(ingest)(cfg, run_id)
+        trained = step(train)(cfg, data, run_id)
+        report = step(validate)(cfg, data, trained, run_id)
         if not report["passed"]:
-            tracking.end_run(run_id, "FAILED")
-            return Failed(message=report["message"])
+            raise GateRefused(report["message"])
         quality = None
         if cfg.evaluate.enabled:
-            quality = evaluate(cfg, data, draw_samples(cfg, trained, run_id), run_id)
+            quality = step(evaluate)(cfg, data, step(draw_samples)(cfg, trained, run_id), run_id)
             if not quality["passed"]:
-                tracking.end_run(run_id, "FAILED")
-                return Failed(message=quality["message"])
-        model = register(cfg, data, trained, report)
+                raise GateRefused(quality["message"])
+        model = step(register)(cfg, data, trained, report)
         # Synthetic data always comes from the champion, which a weaker challenger leaves in place.
         # Each version gets its own folder, so a retrain never replaces samples someone is reading;
         # the version is pinned, so a concurrent promotion cannot put another's samples there.
-        name, version = model["name"], model["champion_version"]
-        samples = generate(
-            f"models:/{name}/{version}", cfg.generate.num_samples, str(Path(cfg.generate.out_dir) / name / f"v{version}"),
-            seed=cfg.generate.seed, formats=cfg.generate.formats, shard_size=cfg.generate.shard_size,
-            tracking_uri=cfg.tracking.uri, dask_address=cfg.generate.dask_address,
-            dask_workers=cfg.generate.dask_workers, temperature=cfg.generate.temperature,
-        )
+        name, version, gen = model["name"], model["champion_version"], cfg.generate
+        request = {"seed": gen.seed, "formats": gen.formats, "shard_size": gen.shard_size,
+                   "tracking_uri": cfg.tracking.uri, "temperature": gen.temperature}
+        where = (f"models:/{name}/{version}", gen.num_samples, str(Path(gen.out_dir) / name / f"v{version}"))
+        if as_tasks:
+            samples = generate(*where, dask_address=gen.dask_address, dask_workers=gen.dask_workers, **request)
+        else:
+            samples = generate_here(*where, **request)
     except BaseException:
         tracking.end_run(run_id, "FAILED")
         raise

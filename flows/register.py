@@ -16,10 +16,10 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
 
 from flows import comparison, tracking
 from flows.config import PipelineConfig
+from flows.prefect_report import artifact
 from flows.promotion_lock import promotion_lock
 from flows.retry import network
 from vae_model.weights import load_model
@@ -180,7 +180,7 @@ def register(cfg: PipelineConfig, data: dict[str, Any], trained: dict[str, Any],
     scores = {"challenger": _float(tags["challenger_heldout_elbo"]), "champion": _float(tags["champion_heldout_elbo"])}
     rows = {"compared": int(tags["compared_on_rows"]), "held_out": int(tags["heldout_rows"]),
             "champion_trained_on": int(tags["excluded_champion_training_rows"])}
-    create_markdown_artifact(_markdown(name, version, old_version, scores, rows, promoted, reason),
+    artifact(_markdown(name, version, old_version, scores, rows, promoted, reason),
                              key="champion-challenger", description="champion/challenger decision")
     alias = champ_alias if promoted else chall_alias
     return {"name": name, "version": version, "alias": alias, "uri": f"models:/{name}@{alias}",

@@ -6,9 +6,9 @@ from typing import Any
 
 import mlflow
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
 
 from flows import tracking
+from flows.prefect_report import artifact
 from flows.config import PipelineConfig
 from flows.retry import network
 from vae_model.weights import load_model
@@ -27,5 +27,5 @@ def validate(cfg: PipelineConfig, data: dict[str, Any], trained: dict[str, Any],
     with tracking.resumed(cfg.tracking, run_id):
         mlflow.log_metrics(metrics)
         mlflow.set_tag("validation_status", "passed" if decision["passed"] else "failed")
-    create_markdown_artifact(decision["markdown"], key="validation", description="quality gate")
+    artifact(decision["markdown"], key="validation", description="quality gate")
     return {**metrics, **decision}

@@ -1,0 +1,35 @@
+"""What a step adds to its Prefect run (a markdown artifact, log lines) when it runs as a Prefect
+task. Run in the command's process without Prefect, a step has no Prefect run to add to: its
+MLflow run holds the same figures, and its log lines go to Python's logging."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+
+def _in_prefect_run() -> bool:
+    if "prefect" not in sys.modules:  # never imported: certainly not inside a flow or task run
+        return False
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
+
+
+def artifact(markdown: str, key: str, description: str) -> None:
+    """The step's report as a markdown artifact of its Prefect run, if it has one."""
+    if _in_prefect_run():
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(markdown, key=key, description=description)
+
+
+def log(message: str, *args: Any) -> None:
+    """One info line in the Prefect run's log, or Python's logging outside one."""
+    if _in_prefect_run():
+        from prefect import get_run_logger
+
+        get_run_logger().info(message, *args)
+    else:
+        logging.getLogger("vae_pipeline").info(message, *args)

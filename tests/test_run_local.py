@@ -1,0 +1,60 @@
+"""`vae-pipeline run` without a Prefect API: the steps run in the command's process, no temporary
+Prefect server starts, and the run leaves the records and the bytes the Prefect flow leaves."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from tests.conftest import TINY
+
+
+def _run(cwd: Path, *settings: str, api: str | None = None) -> subprocess.CompletedProcess:
+    """The real command in `cwd`, with its own MLflow store, and no Prefect API unless `api` is given."""
+    cwd.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update({"MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", "PREFECT_HOME": str(cwd / ".prefect"),
+                **({"PREFECT_API_URL": api} if api else {})})
+    args = [a for s in [*TINY, *settings] for a in ("--set", s)]
+    return subprocess.run([sys.executable, "-m", "flows.cli", "run", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def _samples(cwd: Path) -> dict[str, bytes]:
+    folder = cwd / "outputs" / "samples" / "vae-digits" / "v1"
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_without_a_prefect_api_the_run_is_in_process_and_leaves_what_the_flow_leaves(prefect_server, tmp_path):
+    here = _run(tmp_path / "here")
+    assert here.returncode == 0, here.stderr[-2000:]
+    assert "temporary server" not in here.stdout + here.stderr
+    assert not (tmp_path / "here" / ".prefect" / "prefect.db").exists()
+    assert "registered vae-digits version 1 as models:/vae-digits@champion" in here.stdout
+    flow = _run(tmp_path / "flow", api=prefect_server)
+    assert flow.returncode == 0, flow.stderr[-2000:]
+
+    for cwd in ("here", "flow"):
+        client = MlflowClient(f"sqlite:///{tmp_path / cwd / 'mlflow.db'}")
+        version = client.get_model_version_by_alias("vae-digits", "champion")
+        run = client.get_run(version.run_id)
+        assert run.info.status == "FINISHED" and run.data.tags["validation_status"] == "passed", cwd
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_elbo")] == [1, 2, 3], cwd
+    assert _samples(tmp_path / "here") == _samples(tmp_path / "flow") != {}
+
+
+def test_a_refused_model_in_process_is_one_line_and_registers_nothing(tmp_path):
+    done = _run(tmp_path, "validate.min_elbo=1e9")
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "quality gate failed" in errors[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.search_registered_models() == []
+    assert not (tmp_path / "outputs").exists()
+    run = client.search_runs([client.get_experiment_by_name("vae-pipeline").experiment_id])[0]
+    assert run.info.status == "FAILED" and run.data.tags["validation_status"] == "failed"
