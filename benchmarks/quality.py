@@ -1,6 +1,7 @@
 """Sample quality of the presets, before and after: the evaluate step's figures beside the real floor.
 
     .venv/bin/python benchmarks/quality.py [--only digits|mnist] [--raw ../shared/data/mnist/raw]
+    .venv/bin/python benchmarks/quality.py --data PATH [--kind imagefolder|parquet]
 
 For each dataset, trains the seed's recipe ("before": an MLP VAE sampled from N(0, I), as the
 project shipped it) and the preset, draws samples exactly as the pipeline's evaluate
@@ -9,6 +10,10 @@ prints the evaluate table (1,000 samples for digits, 10,000 for MNIST) with the 
 generator reaches) and the training minutes. The preset's model is also sampled from N(0, I)
 instead of its fitted prior: the difference is what the prior bought; the rest, what capacity,
 training and the KL weight bought. MNIST rows are skipped when its gz files are absent.
+
+--data runs the MNIST recipes alone on another 28x28 grey-level dataset of 10 classes (an image
+folder or a Parquet file, e.g. from benchmarks/glyphs.py), with only data.kind and data.path
+changed: the loader holds out data.val_fraction of it by content hash, the real column's images.
 """
 
 from __future__ import annotations
@@ -43,14 +48,20 @@ BEFORE = {
 AFTER = {"digits": (None, []), "mnist": ("configs/mnist-quality.yaml", [])}
 
 
-def run(name: str, path: str | None, overrides: list[str], raw: str | None, scratch: Path) -> tuple[list[dict], dict, float]:
+def run(name: str, path: str | None, overrides: list[str], raw: str | None, scratch: Path,
+        kind: str | None = None) -> tuple[list[dict], dict, float]:
     """Train one recipe; evaluate its samples, and for a fitted prior also the same model's
     samples from N(0, I) (what the prior bought). Returns the figures (N(0, I) first), the real
-    column and the training minutes."""
+    column and the training minutes. `raw` (and `kind`) replace the recipe's data source."""
     cfg: PipelineConfig = load_config(ROOT / (path or "configs/default.yaml"), overrides + ["train.progress=false", "train.device=cpu"])
+    if kind is not None:
+        cfg.data.kind = kind
     if raw is not None:
         cfg.data.path = raw
     train_data, held = load_source(cfg.data)
+    if kind is not None:
+        print(f"{name}: {cfg.data.kind} {cfg.data.path}: {len(train_data)} training and {len(held)} held-out images "
+              f"{'x'.join(map(str, train_data.shape))}, {train_data.num_classes} classes", flush=True)
     started = time.perf_counter()
     model = train(vae_config(cfg.model, train_data), cfg.train, train_data, held, cfg.data.binarize).model.cpu().eval()
     minutes = (time.perf_counter() - started) / 60
@@ -94,33 +105,48 @@ def table(title: str, real: dict, columns: dict[str, tuple[dict, float]]) -> Non
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["digits", "mnist"])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--only", choices=["digits", "mnist"])
+    source.add_argument("--data", help="another 28x28 grey-level 10-class dataset: an image folder or a Parquet file; "
+                                       "runs the MNIST recipes on it alone")
+    parser.add_argument("--kind", choices=["imagefolder", "parquet"],
+                        help="data.kind for --data (default: imagefolder for a folder, parquet for a file)")
     parser.add_argument("--raw", default=str(ROOT.parent / "shared" / "data" / "mnist" / "raw"))
     args = parser.parse_args()
+    if args.kind and not args.data:
+        parser.error("--kind goes with --data")
+    if args.data and not Path(args.data).exists():
+        parser.error(f"--data {args.data}: no such folder or file")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; samples per column as the pipeline's evaluate step draws")
     cases = [
         ("digits, unconditional (`vae-pipeline run`)", "digits", []),
         ("digits, conditional", "digits", ["model.conditional=true", "data.num_classes=10"]),
         ("MNIST, conditional", "mnist", []),
     ]
+    kind = None
+    if args.data:
+        kind = args.kind or ("imagefolder" if Path(args.data).is_dir() else "parquet")
+        # The MNIST recipes as they are; only the data source differs.
+        cases = [(f"{kind} {args.data}, conditional (the MNIST recipes)", "mnist", [])]
     with tempfile.TemporaryDirectory() as scratch:
         for title, data, extra in cases:
             if args.only and data != args.only:
                 continue
-            raw = args.raw if data == "mnist" else None
-            if raw is not None and not Path(raw, "train-images-idx3-ubyte.gz").is_file():
+            raw = (args.data or args.raw) if data == "mnist" else None
+            if kind is None and raw is not None and not Path(raw, "train-images-idx3-ubyte.gz").is_file():
                 print(f"\n## {title}: skipped, no MNIST gz files in {raw}")
                 continue
             columns = {}
             real = {}
             for label, recipes in (("before", BEFORE), ("after", AFTER)):
                 path, overrides = recipes[data]
-                figures, real, minutes = run(f"{data}-{label}", path, overrides + extra, raw, Path(scratch))
+                figures, real, minutes = run(f"{data if kind is None else 'data'}-{label}", path, overrides + extra, raw,
+                                             Path(scratch), kind)
                 if label == "after":
                     columns["preset, z from N(0, I)"] = (figures[0], minutes)
                 columns[label if label == "before" else "preset (fitted prior)"] = (figures[-1], minutes)
             table(title, real, columns)
-            if data == "mnist":
+            if data == "mnist" and kind is None:
                 print(f"\nDCR share of {EvaluateConfig().max_samples} training images outside the DCR reference "
                       f"(a perfect model of the training distribution): {unseen_training_dcr(raw):.3f}")
 
