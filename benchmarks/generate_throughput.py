@@ -99,10 +99,11 @@ def bytes_written(folder: Path) -> int:
 
 def case_project(args) -> float:
     from flows.generate import generate
+    from vae_model.config import SampleRequest
 
-    formats = ["parquet"] if args.case.endswith("parquet") else ["png"]
+    request = SampleRequest(num_samples=args.n, formats=["parquet"] if args.case.endswith("parquet") else ["png"])
     started = time.perf_counter()
-    generate(args.model, args.n, args.out, seed=0, formats=formats, tracking_uri=args.store)
+    generate(args.model, request, args.out, tracking_uri=args.store)
     return time.perf_counter() - started
 
 

@@ -19,12 +19,12 @@ from pathlib import Path  # noqa: E402
 from typing import Annotated, Any, NoReturn  # noqa: E402
 
 import typer  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
 
 from flows.config import PipelineConfig, load_config  # noqa: E402
 from vae_model.atomic import check_writable_dir  # noqa: E402
-from vae_model.config import SHARD_SIZE  # noqa: E402
+from vae_model.config import SampleRequest  # noqa: E402
 from vae_model.errors import UserError  # noqa: E402
-from vae_model.sampling import check_positive  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 
@@ -138,11 +138,11 @@ def generate(
     model: Annotated[str, typer.Option("--model", help="models:/NAME@ALIAS or models:/NAME/VERSION")],
     num_samples: Annotated[int, typer.Option("--num-samples", help="How many samples")],
     out: Annotated[Path | None, typer.Option("--out", help="Output directory (default: outputs/<model>/v<version>/seed<seed>-n<num>-<request hash>)")] = None,
-    seed: Annotated[int, typer.Option(help="Sampling seed")] = 0,
-    format: Annotated[str, typer.Option("--format", help="parquet, png or parquet,png")] = "parquet,png",
-    labels: Annotated[str | None, typer.Option(help="Conditional models: 3, 0,1,2 or 0:0.7,1:0.3")] = None,
-    shard_size: Annotated[int, typer.Option(help="Samples per shard")] = SHARD_SIZE,
-    temperature: Annotated[float, typer.Option(help="Scale of the prior's noise: below 1 more typical, above 1 more diverse")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed")] = SampleRequest().seed,
+    format: Annotated[str, typer.Option("--format", help="parquet, png or parquet,png")] = ",".join(SampleRequest().formats),
+    labels: Annotated[str | None, typer.Option(help="Conditional models: 3, 0,1,2 or 0:0.7,1:0.3")] = SampleRequest().labels,
+    shard_size: Annotated[int, typer.Option(help="Samples per shard")] = SampleRequest().shard_size,
+    temperature: Annotated[float, typer.Option(help="Scale of the prior's noise: below 1 more typical, above 1 more diverse")] = SampleRequest().temperature,
     overwrite: Annotated[bool, typer.Option(help="Replace another request's output in --out")] = False,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking/registry URI")] = None,
     dask_address: Annotated[str | None, typer.Option(help="Run the shards on this Dask scheduler (tcp://host:8786)")] = None,
@@ -155,28 +155,31 @@ def generate(
 
     Without a Prefect API (PREFECT_API_URL unset) and without --prefect or Dask, the request runs in
     this process and never imports Prefect: no temporary server, seconds sooner. The manifest is its record."""
-    formats = [f.strip() for f in format.split(",") if f.strip()]
     # Checked before the flow, so a bad request fails without a registry lookup.
     try:
-        check_positive("--num-samples", num_samples)
+        request = SampleRequest(num_samples=num_samples, seed=seed, labels=labels, temperature=temperature,
+                                formats=[f.strip() for f in format.split(",") if f.strip()], shard_size=shard_size)
         if out is not None:
             check_writable_dir(out, "--out")
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        flag = "--format" if error["loc"][0] == "formats" else f"--{str(error['loc'][0]).replace('_', '-')}"
+        _fail(f"{flag}: {error['msg']} (got {error['input']!r})", 2)
     except UserError as exc:
         _fail(str(exc), 2)
-    options: dict[str, Any] = {"seed": seed, "formats": formats, "labels": labels, "shard_size": shard_size,
-                               "overwrite": overwrite, "tracking_uri": tracking_uri, "temperature": temperature}
-    out_dir = None if out is None else str(out)
+    args = (str(model), request, None if out is None else str(out))
     if not (prefect or dask_address or dask_workers or os.environ.get("PREFECT_API_URL")):
         from flows.request import generate_here
 
-        typer.echo(json.dumps(_in_process(lambda: generate_here(str(model), num_samples, out_dir, **options), debug)))
+        done = _in_process(lambda: generate_here(*args, overwrite=overwrite, tracking_uri=tracking_uri), debug)
+        typer.echo(json.dumps(done))
         _exit_now()
     if not debug:
         _quiet_user_errors()
     from flows.generate import generate as generate_flow
 
-    state = generate_flow(str(model), num_samples, out_dir, dask_address=dask_address, dask_workers=dask_workers,
-                          return_state=True, **options)
+    state = generate_flow(*args, overwrite=overwrite, tracking_uri=tracking_uri, dask_address=dask_address,
+                          dask_workers=dask_workers, return_state=True)
     typer.echo(json.dumps(_finish(state, debug)))
 
 

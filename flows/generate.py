@@ -19,7 +19,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from flows import registered_model, tracking
 from flows.request import finish, plan
 from flows.retry import network
-from vae_model.config import SHARD_SIZE
+from vae_model.config import SampleRequest
 from vae_model.errors import UserError
 from vae_model.generate import cores, make_shard, png_writers
 from vae_model.sampling import Request, SamplerSpec, num_shards
@@ -66,23 +66,17 @@ def _connect(runner: TaskRunner, dask_address: str | None) -> None:
 @flow(name="generate", task_runner=ThreadPoolTaskRunner(max_workers=1), timeout_seconds=4 * 3600)
 def generate(
     model_uri: str,
-    num_samples: int,
+    request: SampleRequest = SampleRequest(),  # noqa: B008 (read, never changed)
     out_dir: str | None = None,
-    seed: int = 0,
-    formats: list[str] | None = None,
-    labels: str | None = None,
-    shard_size: int = SHARD_SIZE,
     overwrite: bool = False,
     tracking_uri: str | None = None,
     dask_address: str | None = None,
     dask_workers: int = 0,
-    temperature: float = 1.0,
 ) -> dict[str, Any]:
-    """Generate `num_samples` from a registered model into `out_dir` (default: a folder per model
+    """Generate `request` from a registered model into `out_dir` (default: a folder per model
     version and request, `flows.request.default_out_dir`), manifest last; returns the folder."""
     runner = shard_runner(dask_address, dask_workers)
-    planned = plan(model_uri, num_samples, out_dir, seed=seed, formats=formats, labels=labels, shard_size=shard_size,
-                   overwrite=overwrite, tracking_uri=tracking_uri, temperature=temperature)
+    planned = plan(model_uri, request, out_dir, overwrite=overwrite, tracking_uri=tracking_uri)
     # Workers in other processes (Dask) must find the same store, whatever their working directory.
     store = mlflow.get_tracking_uri()
     parameters = {

@@ -79,13 +79,12 @@ def run_steps(cfg: PipelineConfig, as_tasks: bool) -> dict[str, Any]:
         # Each version gets its own folder, so a retrain never replaces samples someone is reading;
         # the version is pinned, so a concurrent promotion cannot put another's samples there.
         name, version, gen = model["name"], model["champion_version"], cfg.generate
-        request = {"seed": gen.seed, "formats": gen.formats, "shard_size": gen.shard_size,
-                   "tracking_uri": cfg.tracking.uri, "temperature": gen.temperature}
-        where = (f"models:/{name}/{version}", gen.num_samples, str(Path(gen.out_dir) / name / f"v{version}"))
+        args = (f"models:/{name}/{version}", gen.request, str(Path(gen.out_dir) / name / f"v{version}"))
         if as_tasks:
-            samples = generate(*where, dask_address=gen.dask_address, dask_workers=gen.dask_workers, **request)
+            samples = generate(*args, tracking_uri=cfg.tracking.uri, dask_address=gen.dask_address,
+                               dask_workers=gen.dask_workers)
         else:
-            samples = generate_here(*where, **request)
+            samples = generate_here(*args, tracking_uri=cfg.tracking.uri)
     except BaseException:
         tracking.end_run(run_id, "FAILED")
         raise

@@ -1,4 +1,4 @@
-"""An on-demand generation request, from its arguments to its manifest, without Prefect.
+"""An on-demand generation request, from its `SampleRequest` to its manifest, without Prefect.
 
 The Prefect flow (`flows.generate`) and the command's in-process path (`vae-pipeline generate`
 with no Prefect API configured) share these steps and `vae_model.generate.make_shard`; they
@@ -16,8 +16,8 @@ from typing import Any
 
 from flows import registered_model, tracking
 from vae_model.generate import cores, make_shards, prepare_output, write_manifest
-from vae_model.config import SHARD_SIZE
-from vae_model.sampling import Request, SamplerSpec, parse_labels
+from vae_model.config import SampleRequest
+from vae_model.sampling import Request, SamplerSpec
 
 DEFAULT_ROOT = Path("outputs")
 
@@ -36,21 +36,15 @@ def default_out_dir(request: Request) -> Path:
     return DEFAULT_ROOT / request.model_name / f"v{request.model_version}" / f"seed{request.seed}-n{request.num_samples}-{digest}"
 
 
-def plan(model_uri: str, num_samples: int, out_dir: str | None, seed: int = 0, formats: list[str] | None = None,
-         labels: str | None = None, shard_size: int = SHARD_SIZE, overwrite: bool = False,
-         tracking_uri: str | None = None, temperature: float = 1.0) -> Planned:
-    """Resolve the model, check the request (`Request` does) and prepare the output folder
-    (resume or refuse)."""
+def plan(model_uri: str, request: SampleRequest, out_dir: str | None = None, overwrite: bool = False,
+         tracking_uri: str | None = None) -> Planned:
+    """Resolve the model, resolve the request for it (its labels checked against the model) and
+    prepare the output folder (resume or refuse)."""
     tracking.use({"uri": tracking_uri})
     model = registered_model.resolve(model_uri)
-    label_spec, proportions = parse_labels(labels, model["spec"]["num_classes"])
-    request = Request(
-        num_samples=num_samples, seed=seed, model_uri=model_uri, model_name=model["name"],
-        model_version=model["version"], formats=tuple(sorted(set(formats or ["parquet", "png"]))),
-        shard_size=shard_size, labels=label_spec, labels_are_proportions=proportions, temperature=temperature,
-    )
-    out = prepare_output(out_dir if out_dir is not None else default_out_dir(request), request, overwrite).resolve()
-    return Planned(model, request, out)
+    resolved = Request.of(request, model["spec"]["num_classes"], model_uri, model["name"], model["version"])
+    out = prepare_output(out_dir if out_dir is not None else default_out_dir(resolved), resolved, overwrite).resolve()
+    return Planned(model, resolved, out)
 
 
 def finish(planned: Planned) -> dict[str, Any]:
@@ -60,9 +54,9 @@ def finish(planned: Planned) -> dict[str, Any]:
             "rows": planned.request.num_samples}
 
 
-def generate_here(model_uri: str, num_samples: int, out_dir: str | None, **options: Any) -> dict[str, Any]:
-    """The whole request in this process: shards on a thread each, one per core at a time."""
-    planned = plan(model_uri, num_samples, out_dir, **options)
+def generate_here(model_uri: str, request: SampleRequest, out_dir: str | None = None, **options: Any) -> dict[str, Any]:
+    """The whole request in this process (`plan`'s arguments): shards on a thread each, one per core at a time."""
+    planned = plan(model_uri, request, out_dir, **options)
     decode = registered_model.load_sampler(planned.model["name"], planned.model["version"])
     make_shards(decode, SamplerSpec(**planned.model["spec"]), planned.request, planned.out, cores())
     return finish(planned)

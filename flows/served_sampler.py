@@ -1,11 +1,12 @@
 """The registered model, logged from this file (MLflow models from code, no pickle): a request
 in, its samples out, the very draws `vae-pipeline generate` writes for the same request.
 
-Input: one row per request, columns `num_samples`, and optionally `seed` (0), `labels` (as
-`--labels`: "3", "0,1,2" or "0:0.7,1:0.3"), `temperature` (1.0) and `shard_size` (vae_model.config.SHARD_SIZE:
-part of what defines the draws). Output: a row per sample, `request` (the input row), `sample_id`,
-`label` (null for an unconditional model) and `pixels` (uint8, C*H*W). The weights are the
-artifact `weights.pt` (vae_model.weights), read with `weights_only=True`; the package `vae_model` must be importable.
+Input: one row per request, the fields of `vae_model.config.SampleRequest` as columns, its
+defaults for those left out: `num_samples` (required), `seed`, `labels` ("3", "0,1,2" or
+"0:0.7,1:0.3"), `temperature` and `shard_size` (part of what defines the draws). Output: a row
+per sample, `request` (the input row), `sample_id`, `label` (null for an unconditional model) and
+`pixels` (uint8, C*H*W). The weights are the artifact `weights.pt` (vae_model.weights), read with
+`weights_only=True`; the package `vae_model` must be importable.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import set_model
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
+from pydantic import ValidationError
 
-from vae_model.config import SHARD_SIZE
+from vae_model.config import SampleRequest
 from vae_model.errors import UserError
 from vae_model.weights import load_sampler
 from vae_model.sampling import (
@@ -26,13 +28,7 @@ from vae_model.sampling import (
     draw_shard,
     num_shards,
     one_torch_thread,
-    parse_labels,
 )
-
-
-def _given(row: dict, key: str, default):
-    value = row.get(key)
-    return default if value is None or (isinstance(value, float) and np.isnan(value)) else value
 
 
 class SampleRequests(PythonModel):
@@ -43,12 +39,11 @@ class SampleRequests(PythonModel):
         self.spec = SamplerSpec.of(self.decode.cfg)
 
     def request(self, row: dict) -> Request:
-        labels, proportions = parse_labels(_given(row, "labels", None), self.spec.num_classes)
-        # The model fields only label files; they play no part in the draws.
-        return Request(num_samples=int(row["num_samples"]), seed=int(_given(row, "seed", 0)), model_uri="",
-                       model_name="", model_version="", shard_size=int(_given(row, "shard_size", SHARD_SIZE)),
-                       labels=labels, labels_are_proportions=proportions,
-                       temperature=float(_given(row, "temperature", 1.0)))
+        # A column a row leaves empty (null, or NaN where other rows fill it) takes its default.
+        given = {k: v for k, v in row.items() if not (v is None or (isinstance(v, float) and np.isnan(v)))}
+        if "num_samples" not in given:
+            raise KeyError("num_samples")
+        return Request.of(SampleRequest(**given), self.spec.num_classes)
 
     def samples(self, request: Request) -> pd.DataFrame:
         with one_torch_thread():
@@ -64,7 +59,11 @@ class SampleRequests(PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         try:
             requests = [self.request(row) for row in model_input.to_dict("records")]
-        except (UserError, KeyError, ValueError, TypeError) as exc:
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            raise MlflowException(f"bad request: {error['loc'][0]}: {error['msg']} (got {error['input']!r})",
+                                  INVALID_PARAMETER_VALUE) from None
+        except (UserError, KeyError) as exc:
             message = f"missing column {exc}" if isinstance(exc, KeyError) else str(exc)
             raise MlflowException(f"bad request: {message}", INVALID_PARAMETER_VALUE) from None
         return pd.concat([self.samples(r).assign(request=i) for i, r in enumerate(requests)], ignore_index=True)

@@ -277,11 +277,14 @@ def test_retrain_never_overlaps_and_generate_requests_queue(deployments):
 def test_deployment_parameters_are_the_flows_own(deployments):
     from flows.generate import generate
     from flows.pipeline import pipeline
+    from vae_model.config import SampleRequest
 
     gen = deployments["generate"]
     assert gen.entrypoint == "flows.generate.generate" and gen.work_pool_name == "vae-cpu" and not gen.schedules
-    assert {"model_uri", "num_samples", "seed", "labels"} <= set(gen.parameters)
-    assert "out_dir" not in gen.parameters  # a folder per request (flows.request.default_out_dir), not one shared
+    # No out_dir: a folder per request (flows.request.default_out_dir), not one shared.
+    assert set(gen.parameters) == {"model_uri", "request"}
+    assert {"num_samples", "seed", "labels"} <= set(gen.parameters["request"])
+    assert SampleRequest.model_validate(gen.parameters["request"]) == SampleRequest(num_samples=1000)
     assert set(gen.parameters) <= set(inspect.signature(generate.fn).parameters)
     assert set(deployments["retrain"].parameters) <= set(inspect.signature(pipeline.fn).parameters)
     # Workers run in $VAE_PIPELINE_WORKDIR, resolved on the worker, never the deploying machine's path.

@@ -24,11 +24,13 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import torch
+from prefect.exceptions import ParameterTypeError
 
 import vae_model.generate as gen
 import vae_model.sampling as sampling
 from flows.generate import generate
 from tests.conftest import register_tiny_models
+from vae_model.config import SampleRequest
 from vae_model.errors import UserError
 
 
@@ -54,10 +56,10 @@ def _parts(folder: Path) -> list[str]:
 def test_repeats_are_byte_identical_and_read_back_everywhere(prefect_server, models, tmp_path, monkeypatch):
     # Small blocks, so that each shard has several row groups and PNG blocks in flight.
     monkeypatch.setattr(sampling, "DECODE_BLOCK", 64)
-    args = dict(num_samples=300, shard_size=128, tracking_uri=models["store"], formats=["parquet", "png"])
-    a = generate(models["plain"], out_dir=str(tmp_path / "a"), seed=7, **args)
-    generate(models["plain"], out_dir=str(tmp_path / "b"), seed=7, **args)
-    generate(models["plain"], out_dir=str(tmp_path / "c"), seed=8, **args)
+    asked = SampleRequest(num_samples=300, shard_size=128, formats=["parquet", "png"], seed=7)
+    a = generate(models["plain"], asked, str(tmp_path / "a"), tracking_uri=models["store"])
+    generate(models["plain"], asked, str(tmp_path / "b"), tracking_uri=models["store"])
+    generate(models["plain"], asked.model_copy(update={"seed": 8}), str(tmp_path / "c"), tracking_uri=models["store"])
     first, again, other = (_tree(tmp_path / x) for x in "abc")
     assert first == again
     assert first["part-00000.parquet"] != other["part-00000.parquet"]
@@ -119,8 +121,8 @@ def test_the_registered_model_returns_the_samples_generate_writes(prefect_server
     cases = {"plain": dict(temperature=0.7), "cond": dict(labels="0:0.75,9:0.25")}
     for kind, options in cases.items():
         out = tmp_path / kind
-        generate(models[kind], num_samples=300, out_dir=str(out), seed=5, shard_size=128, formats=["parquet"],
-                 tracking_uri=models["store"], **options)
+        asked = SampleRequest(num_samples=300, seed=5, shard_size=128, formats=["parquet"], **options)
+        generate(models[kind], asked, str(out), tracking_uri=models["store"])
         written = pd.read_parquet(_parts(out)).sort_values("sample_id", ignore_index=True)
         served = mlflow.pyfunc.load_model(models[kind]).predict(
             pd.DataFrame([{"num_samples": 300, "seed": 5, "shard_size": 128, **options}]))
@@ -148,9 +150,9 @@ def test_a_version_logged_as_an_exported_program_with_its_weights_file_still_gen
         info = mlflow.pytorch.log_model(sampler, name="model", serialization_format="pt2", pip_requirements=["torch"],
                                         input_example=np.zeros((2, width), np.float32), extra_files=[weights])
     version = mlflow.register_model(f"models:/{info.model_id}", "exported-with-weights").version
-    args = dict(num_samples=50, seed=3, formats=["parquet"], tracking_uri=models["store"])
-    generate(f"models:/exported-with-weights/{version}", out_dir=str(tmp_path / "old"), **args)
-    generate(models["plain"], out_dir=str(tmp_path / "new"), **args)
+    asked = SampleRequest(num_samples=50, seed=3, formats=["parquet"])
+    generate(f"models:/exported-with-weights/{version}", asked, str(tmp_path / "old"), tracking_uri=models["store"])
+    generate(models["plain"], asked, str(tmp_path / "new"), tracking_uri=models["store"])
     old, new = (pd.read_parquet(_parts(tmp_path / x)) for x in ("old", "new"))
     assert old["pixels"].tolist() == new["pixels"].tolist()
 
@@ -195,7 +197,8 @@ def test_shard_bytes_do_not_depend_on_threads_or_neighbours(models, tmp_path, mo
     model = registered_model.resolve(models["plain"])
     decode = registered_model.load_sampler(model["name"], model["version"])
     spec = sampling.SamplerSpec(**model["spec"])
-    request = sampling.Request(400, 3, models["plain"], model["name"], model["version"], ("parquet",), 100)
+    request = sampling.Request.of(SampleRequest(num_samples=400, seed=3, formats=["parquet"], shard_size=100), 0,
+                                  models["plain"], model["name"], model["version"])
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -215,19 +218,20 @@ def test_shard_bytes_do_not_depend_on_threads_or_neighbours(models, tmp_path, mo
 
 def test_conflicting_request_is_refused_unless_overwrite(prefect_server, models, tmp_path):
     out = tmp_path / "out"
-    args = dict(num_samples=20, out_dir=str(out), tracking_uri=models["store"], formats=["parquet"])
-    generate(models["plain"], seed=1, **args)
+    asked, store = SampleRequest(num_samples=20, formats=["parquet"], seed=1), models["store"]
+    generate(models["plain"], asked, str(out), tracking_uri=store)
     before = _tree(out)
     with pytest.raises(UserError, match="another request.*overwrite=true"):
-        generate(models["plain"], seed=2, **args)
+        generate(models["plain"], asked.model_copy(update={"seed": 2}), str(out), tracking_uri=store)
     assert _tree(out) == before
-    generate(models["plain"], seed=2, overwrite=True, **args)
+    generate(models["plain"], asked.model_copy(update={"seed": 2}), str(out), overwrite=True, tracking_uri=store)
     assert json.loads((out / "manifest.json").read_text())["seed"] == 2
+    # A deployment run's request arrives as JSON: Prefect checks it against SampleRequest.
     for bad in (0, -5):
-        with pytest.raises(UserError, match="generate.num_samples: expected a positive number"):
-            generate(models["plain"], num_samples=bad, out_dir=str(tmp_path / "n"), tracking_uri=models["store"])
+        with pytest.raises(ParameterTypeError, match="num_samples"):
+            generate(models["plain"], {"num_samples": bad}, str(tmp_path / "n"), tracking_uri=store)
     with pytest.raises(UserError, match="not conditional"):
-        generate(models["plain"], num_samples=5, out_dir=str(tmp_path / "l"), labels="3", tracking_uri=models["store"])
+        generate(models["plain"], SampleRequest(num_samples=5, labels="3"), str(tmp_path / "l"), tracking_uri=store)
     assert not (tmp_path / "n").exists() and not (tmp_path / "l").exists()
 
 
@@ -235,8 +239,8 @@ def test_conditional_labels_single_list_and_proportions(prefect_server, models, 
     from torchvision.datasets import ImageFolder
 
     def run(name: str, labels: str | None, n: int = 60) -> pd.DataFrame:
-        generate(models["cond"], num_samples=n, out_dir=str(tmp_path / name), labels=labels, seed=0,
-                 shard_size=32, tracking_uri=models["store"])
+        generate(models["cond"], SampleRequest(num_samples=n, labels=labels, shard_size=32), str(tmp_path / name),
+                 tracking_uri=models["store"])
         return pd.read_parquet(_parts(tmp_path / name))
 
     single = run("single", "3")
@@ -283,12 +287,11 @@ def test_killed_generation_resumes_to_identical_files(prefect_server, models, tm
     assert not (out / "manifest.json").exists() and 4 <= len(records) < 60
 
     # The same request again, as the CLI sent it: it keeps the finished shards and completes.
-    request = dict(num_samples=3000, shard_size=50, seed=5, formats=["parquet", "png"], labels="1,7",
-                   tracking_uri=models["store"])
+    request = SampleRequest(num_samples=3000, shard_size=50, seed=5, formats=["parquet", "png"], labels="1,7")
     kept = {p.name: p.stat().st_mtime_ns for p in records}
-    generate(models["cond"], out_dir=str(out), **request)
+    generate(models["cond"], request, str(out), tracking_uri=models["store"])
     assert all((out / ".shards" / name).stat().st_mtime_ns == mtime for name, mtime in kept.items())
-    generate(models["cond"], out_dir=str(tmp_path / "whole"), **request)
+    generate(models["cond"], request, str(tmp_path / "whole"), tracking_uri=models["store"])
     resumed, whole = _tree(out), _tree(tmp_path / "whole")
     assert resumed.keys() == whole.keys()
     assert resumed == whole
@@ -297,10 +300,11 @@ def test_killed_generation_resumes_to_identical_files(prefect_server, models, tm
 def test_dask_cluster_gives_the_single_process_bytes(prefect_server, models, tmp_path):
     from distributed import Client, LocalCluster
 
-    args = dict(num_samples=200, shard_size=50, seed=11, labels="0:0.5,5:0.5", tracking_uri=models["store"])
-    generate(models["cond"], out_dir=str(tmp_path / "local"), **args)
+    asked = SampleRequest(num_samples=200, shard_size=50, seed=11, labels="0:0.5,5:0.5")
+    generate(models["cond"], asked, str(tmp_path / "local"), tracking_uri=models["store"])
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        generate(models["cond"], out_dir=str(tmp_path / "dask"), dask_address=cluster.scheduler_address, **args)
+        generate(models["cond"], asked, str(tmp_path / "dask"), tracking_uri=models["store"],
+                 dask_address=cluster.scheduler_address)
         with Client(cluster) as client:
             ran_there = client.run(lambda: "vae_model.generate" in sys.modules)
     assert any(ran_there.values())

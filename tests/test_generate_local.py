@@ -14,6 +14,7 @@ import pytest
 
 from flows.generate import generate
 from tests.conftest import register_tiny_models
+from vae_model.config import SampleRequest
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,8 @@ def test_without_a_prefect_api_the_command_runs_in_process_and_writes_the_flows_
     assert not {m for m in _imported(done.stderr) if m.split(".")[0] == "prefect"}
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["out_dir"] == str(tmp_path / "here") and result["rows"] == 300
-    generate("models:/cond@champion", 300, str(tmp_path / "flow"), seed=4, labels="0,3", shard_size=128, tracking_uri=store)
+    asked = SampleRequest(num_samples=300, seed=4, labels="0,3", shard_size=128)
+    generate("models:/cond@champion", asked, str(tmp_path / "flow"), tracking_uri=store)
     assert _tree(tmp_path / "here") == _tree(tmp_path / "flow")
     # The same request again resumes into its folder; another one is refused there, in one line.
     assert _command(tmp_path, store, *request, "--out", "here").returncode == 0
@@ -78,7 +80,8 @@ def test_without_out_each_request_gets_its_own_folder(prefect_server, store, tmp
     assert Path(other["out_dir"]).name.startswith("seed1-n30-") and other["out_dir"] != first["out_dir"]
     # The deployment's flow, given no out_dir, names the same folder for the same request.
     monkeypatch.chdir(tmp_path)
-    flow = generate("models:/cond@champion", 30, formats=["parquet"], tracking_uri=store)
+    asked = SampleRequest(num_samples=30, formats=["parquet"])
+    flow = generate("models:/cond@champion", asked, tracking_uri=store)
     assert flow["out_dir"] == first["out_dir"]
-    labelled = generate("models:/cond@champion", 30, formats=["parquet"], labels="3", tracking_uri=store)
+    labelled = generate("models:/cond@champion", asked.model_copy(update={"labels": "3"}), tracking_uri=store)
     assert Path(labelled["out_dir"]).parent == root and labelled["out_dir"] != first["out_dir"]

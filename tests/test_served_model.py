@@ -20,6 +20,7 @@ import pytest
 
 from flows.request import generate_here
 from tests.conftest import register_tiny_models
+from vae_model.config import SampleRequest
 
 
 def _free_port() -> int:
@@ -76,7 +77,7 @@ def test_served_model_answers_a_request_with_the_bytes_generate_writes(served, m
     assert status == 200
     rows = body["predictions"]
     out = served["root"] / "written"
-    generate_here("models:/cond@champion", 200, str(out), seed=9, labels="2,7", temperature=0.8, formats=["parquet"])
+    generate_here("models:/cond@champion", SampleRequest(**request, formats=["parquet"]), str(out))
     written = pd.read_parquet(sorted(glob.glob(str(out / "part-*.parquet")))).sort_values("sample_id")
     assert [r["sample_id"] for r in rows] == written["sample_id"].tolist()
     assert [r["label"] for r in rows] == written["label"].tolist() == [2, 7] * 100
@@ -92,3 +93,6 @@ def test_a_bad_request_is_a_400_naming_the_field(served):
     assert status == 400 and "label 12 is outside 0..9" in body["message"]
     status, body = _post(f"{served['url']}/invocations", {"dataframe_records": [{"seed": 3}]})
     assert status == 400 and "num_samples" in body["message"]
+    # Checked by the SampleRequest the flow and the command take.
+    status, body = _post(f"{served['url']}/invocations", {"dataframe_records": [{"num_samples": 0}]})
+    assert status == 400 and "num_samples: Input should be greater than or equal to 1" in body["message"]

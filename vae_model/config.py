@@ -88,23 +88,19 @@ class EvaluateConfig(Section):
     out_dir: str = ".vae-pipeline/evaluate"
 
 
-# Samples per shard. Part of what defines the draws (shard i is seeded by the request's seed and
-# i), so every entry point takes this one default.
-SHARD_SIZE = 65536
+class SampleRequest(Section):
+    """What a generate request asks for, each default and bound once: the flow, the command, the
+    served model and the pipeline's `generate` section (`GenerateConfig`) all take it."""
 
-
-class GenerateConfig(Section):
     num_samples: int = Field(1000, ge=1)
     seed: int = 0
+    # Conditional models: "3", "0,1,2" (cycled) or "0:0.7,1:0.3" (proportions); none: every class in turn.
+    labels: str | None = None
     # Scales the prior's noise: below 1 trades diversity for fidelity (recorded in the manifest).
     temperature: float = Field(1.0, gt=0)
-    out_dir: str = "outputs/samples"
     formats: list[Literal["parquet", "png"]] = ["parquet", "png"]
-    shard_size: int = Field(SHARD_SIZE, ge=1)
-    # Run the shards on an existing Dask cluster (scheduler address, e.g. tcp://host:8786), or
-    # on a local cluster of this many single-threaded worker processes; neither: this process.
-    dask_address: str | None = None
-    dask_workers: int = Field(0, ge=0)
+    # Samples per shard. Part of what defines the draws: shard i is seeded by the seed and i.
+    shard_size: int = Field(65536, ge=1)
 
     @field_validator("formats")
     @classmethod
@@ -112,3 +108,16 @@ class GenerateConfig(Section):
         if not value:
             raise ValueError("at least one format is needed")
         return sorted(set(value))
+
+
+class GenerateConfig(SampleRequest):
+    out_dir: str = "outputs/samples"
+    # Run the shards on an existing Dask cluster (scheduler address, e.g. tcp://host:8786), or
+    # on a local cluster of this many single-threaded worker processes; neither: this process.
+    dask_address: str | None = None
+    dask_workers: int = Field(0, ge=0)
+
+    @property
+    def request(self) -> SampleRequest:
+        """What is sampled, without where it goes or what runs it."""
+        return SampleRequest(**self.model_dump(include=set(SampleRequest.model_fields)))

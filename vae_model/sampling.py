@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from vae_model import __version__
-from vae_model.config import SHARD_SIZE
+from vae_model.config import SampleRequest
 from vae_model.errors import UserError
 from vae_model.model import VAEConfig, sampler_input
 from vae_model.torch_state import torch_state
@@ -50,34 +50,30 @@ class SamplerSpec:
         return cls(cfg.latent_dim, cfg.channels, cfg.height, cfg.width, cfg.num_classes)
 
 
-def check_positive(name: str, value: int) -> None:
-    if value < 1:
-        raise UserError(f"{name}: expected a positive number, got {value}")
-
-
 @dataclass(frozen=True)
 class Request:
+    """A `SampleRequest` resolved for one model: its labels parsed, the model that draws it named."""
+
     num_samples: int
     seed: int
     model_uri: str
     model_name: str
     model_version: str
-    formats: tuple[str, ...] = ("parquet", "png")
-    shard_size: int = SHARD_SIZE
-    labels: tuple[float, ...] | None = None
-    labels_are_proportions: bool = False
-    # Scales the prior's noise: below 1 trades diversity for fidelity, above 1 the reverse.
-    temperature: float = 1.0
+    formats: tuple[str, ...]
+    shard_size: int
+    labels: tuple[float, ...] | None
+    labels_are_proportions: bool
+    temperature: float
     tool_version: str = field(default=__version__)
 
-    def __post_init__(self) -> None:
-        check_positive("generate.num_samples", self.num_samples)
-        check_positive("generate.shard_size", self.shard_size)
-        if not self.temperature > 0:
-            raise UserError(f"generate.temperature: expected a positive number, got {self.temperature}")
-        unknown = set(self.formats) - {"parquet", "png"}
-        if unknown or not self.formats:
-            raise UserError(f"generate.formats: expected parquet and/or png, got {','.join(self.formats) or 'nothing'}")
+    @classmethod
+    def of(cls, asked: SampleRequest, num_classes: int, model_uri: str = "", model_name: str = "",
+           model_version: str = "") -> Request:
+        """`asked` of a model with `num_classes` classes (0: unconditional); the model's names only
+        label files, they play no part in the draws."""
+        labels, proportions = parse_labels(asked.labels, num_classes)
+        return cls(asked.num_samples, asked.seed, model_uri, model_name, model_version, tuple(asked.formats),
+                   asked.shard_size, labels, proportions, asked.temperature)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))

@@ -293,7 +293,7 @@ def test_retrain_and_generate_deployments_on_real_servers(databases, tmp_path, m
             assert list((tmp_path / "artifacts").rglob("weights.pt")), "artifacts go through the server's proxy"
 
             gen = run_deployment("generate/generate", timeout=0, parameters={
-                "model_uri": "models:/vae-retrain@champion", "num_samples": 30, "seed": 5, "out_dir": str(tmp_path / "on-demand")})
+                "model_uri": "models:/vae-retrain@champion", "request": {"num_samples": 30, "seed": 5}, "out_dir": str(tmp_path / "on-demand")})
             assert _wait_run(api, gen.id, processes).state.is_completed(), processes.tail("worker-cpu")
             manifest = json.loads((tmp_path / "on-demand" / "manifest.json").read_text())
             assert manifest["seed"] == 5 and manifest["model_version"] == "1"

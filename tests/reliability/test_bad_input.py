@@ -319,5 +319,5 @@ def test_generation_requests_that_cannot_be_served(cli, workdir):
     code, out = cli("generate", "--model", "vae-digits", "--num-samples", "5", "--out", "o")
     _assert_clean_failure(code, out, workdir, "expected models:/NAME@ALIAS")
     code, out = cli("generate", "--model", "models:/no-such-model@champion", "--num-samples", "0", "--out", "o")
-    _assert_clean_failure(code, out, workdir, "--num-samples", "positive")
+    _assert_clean_failure(code, out, workdir, "--num-samples", "greater than or equal to 1")
     assert not (workdir / "o").exists()

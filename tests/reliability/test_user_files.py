@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 
 from flows.generate import generate
 from tests.conftest import TINY, register_tiny_models
+from vae_model.config import SampleRequest
 from vae_model.errors import UserError
 from vae_model.generate import prepare_output
 from vae_model.sampling import Request
@@ -74,7 +75,7 @@ def test_a_foreign_folder_is_refused_with_or_without_overwrite(prefect_server, s
     for out_dir in (str(tmp_path), "."):
         for overwrite in (False, True):
             with pytest.raises(UserError) as error:
-                generate("models:/plain/1", num_samples=5, out_dir=out_dir, overwrite=overwrite, tracking_uri=store)
+                generate("models:/plain/1", SampleRequest(num_samples=5), out_dir, overwrite=overwrite, tracking_uri=store)
             message = str(error.value)
             assert message.startswith(f"{out_dir}: not empty and not an output") and "\n" not in message
     assert _tree(tmp_path) == before and _survived(tmp_path, planted)
@@ -82,8 +83,7 @@ def test_a_foreign_folder_is_refused_with_or_without_overwrite(prefect_server, s
 
 def test_overwrite_replaces_the_tools_files_and_keeps_the_users(prefect_server, store, tmp_path):
     out = tmp_path / "parent" / "out"
-    args = dict(shard_size=64, formats=["parquet", "png"], tracking_uri=store)
-    generate("models:/plain/1", num_samples=150, out_dir=str(out), seed=1, **args)
+    generate("models:/plain/1", SampleRequest(num_samples=150, seed=1, shard_size=64), str(out), tracking_uri=store)
     assert (out / "part-00002.parquet").exists()
     planted = _plant(tmp_path, "parent/precious.txt", "parent/out/mine.txt", "parent/out/.draft.tmp",
                      "parent/out/images/unlabelled/notes.txt", "parent/out/images/holiday/000000001.png",
@@ -94,8 +94,9 @@ def test_overwrite_replaces_the_tools_files_and_keeps_the_users(prefect_server, 
     for name in leftovers:
         (out / name).write_bytes(b"partial")
 
-    generate("models:/plain/1", num_samples=40, out_dir=str(out), seed=2, overwrite=True, **args)
-    generate("models:/plain/1", num_samples=40, out_dir=str(tmp_path / "fresh"), seed=2, **args)
+    again = SampleRequest(num_samples=40, seed=2, shard_size=64)
+    generate("models:/plain/1", again, str(out), overwrite=True, tracking_uri=store)
+    generate("models:/plain/1", again, str(tmp_path / "fresh"), tracking_uri=store)
     assert _survived(tmp_path, planted)
     mine = {path.removeprefix("parent/out/") for path in planted if path.startswith("parent/out/")}
     replaced = {path: data for path, data in _tree(out).items() if path not in mine}
@@ -104,11 +105,11 @@ def test_overwrite_replaces_the_tools_files_and_keeps_the_users(prefect_server, 
 
 
 def test_a_copied_output_without_its_records_is_recognised_by_its_manifest(tmp_path):
-    request = Request(num_samples=4, seed=0, model_uri="models:/plain/1", model_name="plain", model_version="1")
+    request = Request.of(SampleRequest(num_samples=4), 0, "models:/plain/1", "plain", "1")
     manifest = {**request.to_dict(), "rows": 4, "shards": 1, "files": []}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     (tmp_path / "part-00000.parquet").write_bytes(b"old")
-    other = Request(num_samples=8, seed=1, model_uri="models:/plain/1", model_name="plain", model_version="1")
+    other = Request.of(SampleRequest(num_samples=8, seed=1), 0, "models:/plain/1", "plain", "1")
     with pytest.raises(UserError, match="another request's output"):
         prepare_output(tmp_path, other, overwrite=False)
     prepare_output(tmp_path, other, overwrite=True)
