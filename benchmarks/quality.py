@@ -42,7 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # The seed's recipes: configs as the project shipped them before the fitted prior.
 BEFORE = {
     "digits": (None, ["model.latent_dim=8", "model.hidden_dim=256", "model.hidden_layers=1", "train.epochs=40",
-                      "train.beta=1.0", "model.prior_components=0"]),
+                      "train.beta=1.0", "model.prior_components=0",
+                      "train.lr=0.001", "train.lr_schedule=constant"]),
     "mnist": ("configs/mnist.yaml", ["model.prior_components=0", "model.conditional=true"]),
 }
 AFTER = {"digits": (None, []), "mnist": ("configs/mnist-quality.yaml", [])}
