@@ -1,10 +1,12 @@
-"""What a step adds to its Prefect run (a markdown artifact, log lines) when it runs as a Prefect
-task. Run in the command's process without Prefect, a step has no Prefect run to add to: its
-MLflow run holds the same figures, and its log lines go to Python's logging."""
+"""What a step adds to Prefect (a markdown artifact, log lines) when it runs as a Prefect task or
+a Prefect API is configured. Run in the command's process without one, a step records nothing in
+Prefect (which would start a temporary server for it): its MLflow run holds the same figures, and
+its log lines go to Python's logging."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -17,9 +19,19 @@ def _in_prefect_run() -> bool:
     return TaskRunContext.get() is not None or FlowRunContext.get() is not None
 
 
+def _api_configured() -> bool:
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    if "prefect" not in sys.modules:
+        return False
+    from prefect.settings import get_current_settings  # a profile's, or a test harness's
+
+    return bool(get_current_settings().api.url)
+
+
 def artifact(markdown: str, key: str, description: str) -> None:
-    """The step's report as a markdown artifact of its Prefect run, if it has one."""
-    if _in_prefect_run():
+    """The step's report as a markdown artifact: of its Prefect run, or on the configured API."""
+    if _in_prefect_run() or _api_configured():
         from prefect.artifacts import create_markdown_artifact
 
         create_markdown_artifact(markdown, key=key, description=description)

@@ -17,7 +17,8 @@ def _run(cwd: Path, *settings: str, api: str | None = None) -> subprocess.Comple
     """The real command in `cwd`, with its own MLflow store, and no Prefect API unless `api` is given."""
     cwd.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update({"MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", "PREFECT_HOME": str(cwd / ".prefect"),
+    store = f"sqlite:///{cwd / 'mlflow.db'}"  # the registry too: mlflow.set_registry_uri in another test exports its own
+    env.update({"MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store, "PREFECT_HOME": str(cwd / ".prefect"),
                 **({"PREFECT_API_URL": api} if api else {})})
     args = [a for s in [*TINY, *settings] for a in ("--set", s)]
     return subprocess.run([sys.executable, "-m", "flows.cli", "run", *args], cwd=cwd, env=env,
@@ -39,7 +40,8 @@ def test_without_a_prefect_api_the_run_is_in_process_and_leaves_what_the_flow_le
     assert flow.returncode == 0, flow.stderr[-2000:]
 
     for cwd in ("here", "flow"):
-        client = MlflowClient(f"sqlite:///{tmp_path / cwd / 'mlflow.db'}")
+        store = f"sqlite:///{tmp_path / cwd / 'mlflow.db'}"
+        client = MlflowClient(store, store)
         version = client.get_model_version_by_alias("vae-digits", "champion")
         run = client.get_run(version.run_id)
         assert run.info.status == "FINISHED" and run.data.tags["validation_status"] == "passed", cwd
@@ -53,7 +55,8 @@ def test_a_refused_model_in_process_is_one_line_and_registers_nothing(tmp_path):
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "quality gate failed" in errors[0], done.stderr[-2000:]
     assert "Traceback" not in done.stderr
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(store, store)
     assert client.search_registered_models() == []
     assert not (tmp_path / "outputs").exists()
     run = client.search_runs([client.get_experiment_by_name("vae-pipeline").experiment_id])[0]
