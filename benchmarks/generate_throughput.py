@@ -146,7 +146,7 @@ def case_floor(args) -> float:
     import flows.generate  # noqa: F401
     from flows import registered_model, tracking
 
-    tracking.use({"uri": args.store})
+    tracking.use(args.store)
     model = registered_model.resolve(args.model)
     registered_model.load_sampler(model["name"], model["version"])
     Path(args.out).mkdir(parents=True)

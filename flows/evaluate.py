@@ -83,7 +83,7 @@ def _snapshot_for(model_uri: str | None, snapshot: str | None, snapshot_dir: str
 def evaluate_samples_flow(cfg: PipelineConfig, samples_dir: str, model_uri: str | None = None,
                           snapshot: str | None = None) -> dict[str, Any]:
     """Evaluate a generated folder against the data its model was trained on, as its own MLflow run."""
-    tracking.use(cfg.tracking)
+    tracking.use(cfg.tracking.uri)
     model_uri = model_uri or samples_model_uri(samples_dir)
     data = _snapshot_for(model_uri, snapshot, cfg.data.snapshot_dir)
     run_id = tracking.start_run(cfg.tracking, run_name=f"evaluate-{Path(samples_dir).name}")

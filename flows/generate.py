@@ -30,7 +30,7 @@ from vae_model.sampling import Request, SamplerSpec, num_shards
 @task(name="generate-shard", **network(timeout_s=None))
 def generate_shard(model: dict[str, Any], request: dict[str, Any], shard: int, out_dir: str, tracking_uri: str) -> dict[str, int]:
     """Sample one shard and write its files; a finished shard is kept as it is."""
-    tracking.use({"uri": tracking_uri})
+    tracking.use(tracking_uri)
     decode = registered_model.load_sampler(model["name"], model["version"])
     record = make_shard(decode, SamplerSpec(**model["spec"]), Request.from_dict(request), shard, Path(out_dir))
     return {"shard": shard, "rows": record["rows"], "files": len(record["files"])}

@@ -140,7 +140,7 @@ def _outcome(tags: dict[str, str], version: str, incumbent) -> tuple[bool, str]:
 def register(cfg: PipelineConfig, data: dict[str, Any], trained: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
     """Register the gated model as challenger; promote it to champion if it beats the champion.
     Safe to retry: the version a failed attempt registered is found and finished, never duplicated."""
-    tracking.use(cfg.tracking)
+    tracking.use(cfg.tracking.uri)
     name, champ_alias, chall_alias = cfg.register_.model_name, cfg.register_.alias, cfg.register_.challenger_alias
     client = MlflowClient()
     model_id = trained["model_id"]

@@ -40,7 +40,7 @@ def plan(model_uri: str, request: SampleRequest, out_dir: str | None = None, ove
          tracking_uri: str | None = None) -> Planned:
     """Resolve the model, resolve the request for it (its labels checked against the model) and
     prepare the output folder (resume or refuse)."""
-    tracking.use({"uri": tracking_uri})
+    tracking.use(tracking_uri)
     model = registered_model.resolve(model_uri)
     resolved = Request.of(request, model["spec"]["num_classes"], model_uri, model["name"], model["version"])
     out = prepare_output(out_dir if out_dir is not None else default_out_dir(resolved), resolved, overwrite).resolve()

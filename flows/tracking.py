@@ -29,9 +29,9 @@ _answered: set[str] = set()
 _created: set[str] = set()
 
 
-def use(cfg: TrackingConfig | dict[str, Any]) -> None:
-    """Point MLflow at the configured store; None keeps MLflow's own default (or the env var)."""
-    if uri := cfg["uri"] if isinstance(cfg, dict) else cfg.uri:
+def use(uri: str | None) -> None:
+    """Point MLflow at this store; None keeps MLflow's own default (or the env var)."""
+    if uri:
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
     check_server(mlflow.get_tracking_uri())
@@ -71,7 +71,7 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
 
 def start_run(cfg: TrackingConfig, run_name: str | None = None) -> str:
     """Create the run every step of one pipeline execution logs to; return its id."""
-    use(cfg)
+    use(cfg.uri)
     experiment = mlflow.set_experiment(cfg.experiment)
     run = MlflowClient().create_run(experiment.experiment_id, run_name=run_name)
     return run.info.run_id
@@ -79,7 +79,7 @@ def start_run(cfg: TrackingConfig, run_name: str | None = None) -> str:
 
 @contextlib.contextmanager
 def resumed(cfg: TrackingConfig, run_id: str) -> Iterator[mlflow.ActiveRun]:
-    use(cfg)
+    use(cfg.uri)
     with mlflow.start_run(run_id=run_id) as run:
         yield run
 

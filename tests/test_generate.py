@@ -96,7 +96,7 @@ def test_generation_loads_the_versions_weights_not_unpickled_code(models):
     from flows import registered_model, tracking
     from vae_model.model import Sampler
 
-    tracking.use({"uri": models["store"]})
+    tracking.use(models["store"])
     model = registered_model.resolve(models["cond"])
     assert isinstance(registered_model.load_sampler(model["name"], model["version"]), Sampler)
     # The spec read from the weights file is the one the MLmodel metadata documents.
@@ -139,7 +139,7 @@ def test_a_version_logged_as_an_exported_program_with_its_weights_file_still_gen
     from vae_model.model import Sampler
     from vae_model.weights import load_model
 
-    tracking.use({"uri": models["store"]})
+    tracking.use(models["store"])
     model = load_model(mlflow.artifacts.download_artifacts(f"{models['plain']}/artifacts/weights.pt"))
     sampler = Sampler.of(model)
     weights = str(tmp_path / "sampler.pt")  # that era's layout: the decoder's and prior's tensors
@@ -170,7 +170,7 @@ def test_a_version_without_the_weights_file_loads_its_exported_program(models):
         def forward(self, z: torch.Tensor) -> torch.Tensor:
             return torch.sigmoid(self.decoder(z))
 
-    tracking.use({"uri": models["store"]})
+    tracking.use(models["store"])
     torch.manual_seed(0)
     sampler = OldSampler(VAE(VAEConfig(latent_dim=4, hidden_dim=8)).decoder).eval()
     spec = {"latent_dim": 4, "channels": 1, "height": 28, "width": 28, "num_classes": 0}
@@ -193,7 +193,7 @@ def test_shard_bytes_do_not_depend_on_threads_or_neighbours(models, tmp_path, mo
     from flows import registered_model, tracking
 
     monkeypatch.setattr(sampling, "DECODE_BLOCK", 32)
-    tracking.use({"uri": models["store"]})
+    tracking.use(models["store"])
     model = registered_model.resolve(models["plain"])
     decode = registered_model.load_sampler(model["name"], model["version"])
     spec = sampling.SamplerSpec(**model["spec"])
