@@ -61,3 +61,15 @@ def test_a_refused_model_in_process_is_one_line_and_registers_nothing(tmp_path):
     assert not (tmp_path / "outputs").exists()
     run = client.search_runs([client.get_experiment_by_name("vae-pipeline").experiment_id])[0]
     assert run.info.status == "FAILED" and run.data.tags["validation_status"] == "failed"
+
+
+def test_labels_the_model_cannot_take_are_refused_before_training(tmp_path):
+    done = _run(tmp_path, "generate.labels=3")
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: generate.labels: this model is not conditional, it takes no labels"], done.stderr[-2000:]
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert MlflowClient(store, store).search_registered_models() == []
+    assert not (tmp_path / ".vae-pipeline" / "data").exists() and not (tmp_path / "outputs").exists()
+    refused = _run(tmp_path, "generate.labels=12", "model.conditional=true", "data.num_classes=10")
+    assert refused.returncode == 1 and "error: generate.labels: label 12 is outside 0..9" in refused.stderr

@@ -109,6 +109,12 @@ class SampleRequest(Section):
             raise ValueError("at least one format is needed")
         return sorted(set(value))
 
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _one_label_as_text(cls, value: object) -> object:
+        # YAML and `--set generate.labels=3` read a single label as a number.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
 
 class GenerateConfig(SampleRequest):
     out_dir: str = "outputs/samples"
