@@ -27,14 +27,16 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import secrets
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from vae_model.atomic import atomic_path
 
 LETTERS = "ABCDEFGHIJ"
 SIDE = 28
@@ -144,43 +146,25 @@ def write(out: str | Path, count: int, seed: int = 0, fmt: str = "imagefolder", 
     out = Path(out)
     if count < 1:
         raise SystemExit("--count: expected at least 1 image")
+    if fmt not in ("imagefolder", "parquet"):
+        raise SystemExit(f"--format: expected imagefolder or parquet, got {fmt!r}")
     if os.path.lexists(out):
         raise SystemExit(f"{out}: already exists; remove it or pick another path (it is never replaced)")
     fonts = fonts if fonts is not None else font_files()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "imagefolder":
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-        try:
-            _write_imagefolder(tmp, count, seed, fonts)
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would survive the rename
-            if os.path.lexists(out):
-                raise SystemExit(f"{out}: appeared while writing; left as it is")
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)  # the temporary folder this call made, only
-            raise
-    elif fmt == "parquet":
-        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        os.close(fd)
-        tmp = Path(name)
-        try:
+    if fmt == "parquet":
+        with atomic_path(out) as tmp:
             _write_parquet(tmp, count, seed, fonts)
-            os.chmod(tmp, 0o666 & ~_umask())
-            if os.path.lexists(out):
-                raise SystemExit(f"{out}: appeared while writing; left as it is")
-            os.replace(tmp, out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    else:
-        raise SystemExit(f"--format: expected imagefolder or parquet, got {fmt!r}")
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
+    tmp.mkdir()  # the mode any new folder gets (umask applied), which the rename keeps
+    try:
+        _write_imagefolder(tmp, count, seed, fonts)
+        os.rename(tmp, out)  # refused if a folder with files appeared at `out` meanwhile
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # the temporary folder this call made, only
+        raise
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def main(argv: list[str] | None = None) -> None:

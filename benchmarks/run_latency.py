@@ -41,7 +41,7 @@ def main() -> None:
             for n, (name, command) in enumerate(cases.items()):  # interleaved: load hits every case alike
                 folder = Path(scratch) / f"{i}-{n}"
                 folder.mkdir()
-                env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING"))}
+                env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING", "MLFLOW_REGISTRY"))}
                 env.update({"PYTHONPATH": root_dir, "PREFECT_HOME": str(folder / ".prefect"),
                             "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
                 figures[name].append(child(command, folder, env))

@@ -27,6 +27,7 @@ from vae_model.config import SampleRequest  # noqa: E402
 from vae_model.errors import UserError  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+REQUEST_DEFAULTS = SampleRequest()
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, gate, register and sample VAEs with Prefect and MLflow.")
@@ -89,16 +90,19 @@ def run(
     cfg = _load(config, overrides)
     if not debug:
         _quiet_user_errors()
-    if prefect or cfg.generate.dask_address or cfg.generate.dask_workers or os.environ.get("PREFECT_API_URL"):
+    if _as_flow(prefect, bool(cfg.generate.dask_address or cfg.generate.dask_workers)):
         from flows.pipeline import pipeline
 
-        result = _finish(pipeline(cfg.to_dict(), return_state=True), debug)
-        here = False
+        _report(_finish(pipeline(cfg.to_dict(), return_state=True), debug))
     else:
         from flows.pipeline import run_steps
 
-        result = _in_process(lambda: run_steps(cfg, as_tasks=False), debug)
-        here = True
+        _report(_in_process(lambda: run_steps(cfg, as_tasks=False), debug))
+        _exit_now()
+
+
+def _report(result: dict[str, Any]) -> None:
+    """The run's outcome in a few lines: the gates, the registry decision, where the samples are."""
     model, samples = result["model"], result["samples"]
     typer.echo(result["gate"])
     if result.get("samples_quality"):
@@ -108,8 +112,12 @@ def run(
     typer.echo(f"wrote {samples['rows']} samples of the champion, {model['name']} version {samples['model_version']}, "
                f"to {samples['out_dir']} (manifest: {samples['manifest']})")
     typer.echo(f"MLflow run {result['run_id']}")
-    if here:
-        _exit_now()
+
+
+def _as_flow(prefect: bool, dask: bool) -> bool:
+    """Run as the Prefect flow when asked to, for Dask, or where a Prefect API is configured;
+    otherwise in this process, without the temporary server Prefect would start."""
+    return prefect or dask or bool(os.environ.get("PREFECT_API_URL"))
 
 
 def _exit_now() -> NoReturn:
@@ -138,11 +146,11 @@ def generate(
     model: Annotated[str, typer.Option("--model", help="models:/NAME@ALIAS or models:/NAME/VERSION")],
     num_samples: Annotated[int, typer.Option("--num-samples", help="How many samples")],
     out: Annotated[Path | None, typer.Option("--out", help="Output directory (default: outputs/<model>/v<version>/seed<seed>-n<num>-<request hash>)")] = None,
-    seed: Annotated[int, typer.Option(help="Sampling seed")] = SampleRequest().seed,
-    format: Annotated[str, typer.Option("--format", help="parquet, png or parquet,png")] = ",".join(SampleRequest().formats),
-    labels: Annotated[str | None, typer.Option(help="Conditional models: 3, 0,1,2 or 0:0.7,1:0.3")] = SampleRequest().labels,
-    shard_size: Annotated[int, typer.Option(help="Samples per shard")] = SampleRequest().shard_size,
-    temperature: Annotated[float, typer.Option(help="Scale of the prior's noise: below 1 more typical, above 1 more diverse")] = SampleRequest().temperature,
+    seed: Annotated[int, typer.Option(help="Sampling seed")] = REQUEST_DEFAULTS.seed,
+    format: Annotated[str, typer.Option("--format", help="parquet, png or parquet,png")] = ",".join(REQUEST_DEFAULTS.formats),
+    labels: Annotated[str | None, typer.Option(help="Conditional models: 3, 0,1,2 or 0:0.7,1:0.3")] = REQUEST_DEFAULTS.labels,
+    shard_size: Annotated[int, typer.Option(help="Samples per shard")] = REQUEST_DEFAULTS.shard_size,
+    temperature: Annotated[float, typer.Option(help="Scale of the prior's noise: below 1 more typical, above 1 more diverse")] = REQUEST_DEFAULTS.temperature,
     overwrite: Annotated[bool, typer.Option(help="Replace another request's output in --out")] = False,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking/registry URI")] = None,
     dask_address: Annotated[str | None, typer.Option(help="Run the shards on this Dask scheduler (tcp://host:8786)")] = None,
@@ -168,7 +176,7 @@ def generate(
     except UserError as exc:
         _fail(str(exc), 2)
     args = (str(model), request, None if out is None else str(out))
-    if not (prefect or dask_address or dask_workers or os.environ.get("PREFECT_API_URL")):
+    if not _as_flow(prefect, bool(dask_address or dask_workers)):
         from flows.request import generate_here
 
         done = _in_process(lambda: generate_here(*args, overwrite=overwrite, tracking_uri=tracking_uri), debug)

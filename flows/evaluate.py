@@ -18,13 +18,13 @@ from prefect import flow, task
 from flows import registered_model, tracking
 from flows.config import PipelineConfig
 from flows.prefect_report import artifact, log
-from vae_model.weights import load_model
 from vae_model.data import read_snapshot
 from vae_model.errors import UserError
 from vae_model.gate import sample_gate
 from vae_model.generate import evaluation_request, sample_model
 from vae_model.metrics import evaluate_samples, read_samples
 from vae_model.metrics.samples import samples_model_uri
+from vae_model.weights import load_model
 
 
 @task(name="draw-evaluation-samples")
@@ -50,7 +50,7 @@ def evaluate(cfg: PipelineConfig, data: dict[str, Any], samples_dir: str, run_id
             mlflow.log_artifact(str(preview), "evaluation")
         mlflow.set_tag("sample_gate_status", "passed" if decision["passed"] else "failed")
     artifact(f"{report.markdown()}\n{decision['message']}\n", key="evaluation",
-                             description="synthetic-data quality and privacy")
+             description="synthetic-data quality and privacy")
     log("evaluated %d samples in %.1f s; %s", report.counts["synthetic"], report.seconds, decision["message"])
     return {"passed": decision["passed"], "message": decision["message"], "headline": report.headline(),
             "seconds": report.seconds,

@@ -14,7 +14,6 @@ from flows import tracking
 from flows.config import PipelineConfig
 from flows.retry import network
 from vae_model.data import load_source, write_snapshot
-from vae_model.errors import UserError
 from vae_model.sampling import parse_labels
 from vae_model.train import vae_config
 
@@ -23,11 +22,10 @@ from vae_model.train import vae_config
 def ingest(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
     """Load, check and snapshot the configured dataset."""
     train, val = load_source(cfg.data)
-    vae_config(cfg.model, train)  # refuses a model the data cannot feed before anything is written
-    try:  # and labels the model will not take, which would fail only after it is registered
-        parse_labels(cfg.generate.labels, train.num_classes if cfg.model.conditional else 0)
-    except UserError as exc:
-        raise UserError(f"generate.{exc}") from None
+    # Refuses, before anything is written, a model the data cannot feed, and labels that model
+    # will not take (which would fail only after it is registered).
+    model_cfg = vae_config(cfg.model, train)
+    parse_labels(cfg.generate.labels, model_cfg.num_classes, "generate.labels")
     path, sha = write_snapshot(train, val, cfg.data.snapshot_dir)
     with tracking.resumed(cfg.tracking, run_id):
         with warnings.catch_warnings():

@@ -8,13 +8,13 @@ import mlflow
 from prefect import task
 
 from flows import tracking
-from flows.prefect_report import artifact
 from flows.config import PipelineConfig
+from flows.prefect_report import artifact
 from flows.retry import network
-from vae_model.weights import load_model
 from vae_model.data import read_snapshot
-from vae_model.likelihood import heldout_figures
 from vae_model.gate import quality_gate
+from vae_model.likelihood import heldout_figures
+from vae_model.weights import load_model
 
 
 @task(name="validate", **network(timeout_s=1800))

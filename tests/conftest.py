@@ -47,6 +47,8 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # mlflow.set_registry_uri exports MLFLOW_REGISTRY_URI: set here, it is removed after the test.
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     yield tmp_path

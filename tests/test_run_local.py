@@ -17,7 +17,7 @@ def _run(cwd: Path, *settings: str, api: str | None = None) -> subprocess.Comple
     """The real command in `cwd`, with its own MLflow store, and no Prefect API unless `api` is given."""
     cwd.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    store = f"sqlite:///{cwd / 'mlflow.db'}"  # the registry too: mlflow.set_registry_uri in another test exports its own
+    store = f"sqlite:///{cwd / 'mlflow.db'}"
     env.update({"MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store, "PREFECT_HOME": str(cwd / ".prefect"),
                 **({"PREFECT_API_URL": api} if api else {})})
     args = [a for s in [*TINY, *settings] for a in ("--set", s)]

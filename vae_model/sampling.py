@@ -84,34 +84,34 @@ class Request:
         return cls(**{**data, "formats": tuple(data["formats"]), "labels": None if labels is None else tuple(labels)})
 
 
-def parse_labels(text: str | None, num_classes: int) -> tuple[tuple[float, ...] | None, bool]:
-    """`3` or `0,1,2` (cycled) or `0:0.5,1:0.5` (proportions over classes)."""
+def parse_labels(text: str | None, num_classes: int, key: str = "labels") -> tuple[tuple[float, ...] | None, bool]:
+    """`3` or `0,1,2` (cycled) or `0:0.5,1:0.5` (proportions over classes); errors name `key`."""
     if text is None or text == "":
         if num_classes:
             return tuple(range(num_classes)), False
         return None, False
     if not num_classes:
-        raise UserError("labels: this model is not conditional, it takes no labels")
+        raise UserError(f"{key}: this model is not conditional, it takes no labels")
     try:
         if ":" in text:
             weights = [0.0] * num_classes
             for item in text.split(","):
                 label, weight = item.split(":")
-                weights[_label(label, num_classes)] = float(weight)
+                weights[_label(label, num_classes, key)] = float(weight)
             if any(w < 0 for w in weights) or sum(weights) <= 0:
                 raise ValueError
             return tuple(w / sum(weights) for w in weights), True
-        return tuple(float(_label(item, num_classes)) for item in text.split(",")), False
+        return tuple(float(_label(item, num_classes, key)) for item in text.split(",")), False
     except ValueError:
         raise UserError(
-            f"labels {text!r}: expected a label, a list such as 0,1,2 or proportions such as 0:0.7,1:0.3"
+            f"{key} {text!r}: expected a label, a list such as 0,1,2 or proportions such as 0:0.7,1:0.3"
         ) from None
 
 
-def _label(text: str, num_classes: int) -> int:
+def _label(text: str, num_classes: int, key: str) -> int:
     value = int(text)
     if not 0 <= value < num_classes:
-        raise UserError(f"labels: label {value} is outside 0..{num_classes - 1}")
+        raise UserError(f"{key}: label {value} is outside 0..{num_classes - 1}")
     return value
 
 
