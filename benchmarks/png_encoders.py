@@ -1,10 +1,10 @@
-"""PNG encoders and writers for the sample shards. Encoders: Pillow's per-image path (what
-`generate` uses) against OpenCV's and imagecodecs' at the same zlib level, on the same MNIST test
-images, checking that each decodes to the same pixels. Writers: `AtomicFolder` (names relative to
+"""PNG encoders and writers for the sample shards. Encoders: OpenCV's (what `generate` uses)
+against Pillow's per-image path (the reference, what it used before) and imagecodecs', at the same
+zlib level, on the same MNIST test images, checking that each decodes to the same pixels. Writers: `AtomicFolder` (names relative to
 the open folder, what `generate` uses) against `write_bytes` (full paths), both atomic, into
-`--scratch` (a tmpfs such as /dev/shm shows the CPU cost without the disk's writeback). OpenCV and imagecodecs are not dependencies of the project:
-install them beside it (`pip install --target DIR opencv-python-headless imagecodecs`, then
-`PYTHONPATH=DIR`) to compare; an encoder that is not installed is reported as such.
+`--scratch` (a tmpfs such as /dev/shm shows the CPU cost without the disk's writeback).
+imagecodecs is not a dependency of the project: install it beside it (`pip install --target DIR
+imagecodecs`, then `PYTHONPATH=DIR`) to compare; if it is not installed, that is reported.
 
     python benchmarks/png_encoders.py [--n 5000] [--scratch DIR]
 """
@@ -31,14 +31,14 @@ from vae_model.sample_files import PNG_COMPRESS_LEVEL, encode_png  # noqa: E402
 MNIST = ROOT.parent / "shared" / "data" / "mnist" / "raw" / "t10k-images-idx3-ubyte.gz"
 
 
-def encoders() -> dict:
-    found = {"pillow (project)": encode_png}
-    try:
-        import cv2
+def pillow(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image[0]).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
 
-        found["opencv"] = lambda im: cv2.imencode(".png", im[0], [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESS_LEVEL])[1].tobytes()
-    except ImportError:
-        print("opencv: not installed")
+
+def encoders() -> dict:
+    found = {"opencv (project)": encode_png, "pillow (reference)": pillow}
     try:
         import imagecodecs
 

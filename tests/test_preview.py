@@ -1,10 +1,14 @@
-"""preview.png: large enough to look at, and a row per requested label for a conditional model."""
+"""preview.png: large enough to look at, and a row per requested label for a conditional model;
+the PNG encoder keeps pixels and channel order."""
 
 from __future__ import annotations
 
-import numpy as np
+import io
 
-from vae_model.sample_files import PREVIEW_CELL, preview
+import numpy as np
+from PIL import Image
+
+from vae_model.sample_files import PREVIEW_CELL, encode_png, preview
 
 
 def _images(n: int, size: int = 8) -> np.ndarray:
@@ -40,3 +44,13 @@ def test_conditional_preview_has_a_row_per_label_headed_by_it():
     # Row 1 starts with the first sample of label 1.
     first = picture[0, 2 + cell : 2 + cell + scale, margin + 2 : margin + 2 + scale]
     assert (first == images[1, 0, 0, 0]).all()
+
+
+def test_png_encoding_keeps_grey_and_rgb_pixels_and_channel_order():
+    grey = _images(1, 28)[0]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png(grey)))), grey[0])
+    rgb = np.random.default_rng(1).integers(0, 256, (3, 5, 7), dtype=np.uint8)
+    decoded = Image.open(io.BytesIO(encode_png(rgb)))
+    assert decoded.mode == "RGB"
+    assert np.array_equal(np.asarray(decoded).transpose(2, 0, 1), rgb)
+    assert encode_png(grey) == encode_png(grey.copy())
