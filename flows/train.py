@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import mlflow
 import pandas as pd
 import torch
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from prefect import task
@@ -19,12 +21,12 @@ from flows.config import PipelineConfig
 from flows.retry import network
 from vae_model.checkpoint import checkpoint_path
 from vae_model.data import read_snapshot
-from vae_model.likelihood import held_out
 from vae_model.images import reconstruction_grid, sample_grid
+from vae_model.likelihood import held_out
 from vae_model.model import VAE
-from vae_model.weights import WEIGHTS_FILE, save_model
 from vae_model.train import train as fit
 from vae_model.train import vae_config
+from vae_model.weights import WEIGHTS_FILE, save_model
 
 
 @task(name="train", **network(timeout_s=6 * 3600, retries=1))
@@ -37,14 +39,25 @@ def train(cfg: PipelineConfig, data: dict[str, Any], run_id: str) -> dict[str, A
         mlflow.log_dict(cfg.to_dict(), "config.yaml")
         # An epoch's metrics are logged after its checkpoint is saved: a run that has them is a
         # retry, and resumes from the checkpoint it wrote itself whatever train.resume says.
-        logged = {m.step for m in MlflowClient().get_metric_history(run_id, "val_elbo")}
+        client = MlflowClient()
+        logged = {m.step for m in client.get_metric_history(run_id, "val_elbo")}
         train_cfg = cfg.train.model_copy(update={"resume": True}) if logged else cfg.train
+        pending: list[Metric] = []
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             if epoch not in logged:  # a resumed epoch this run already logged
-                mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+                now = int(time.time() * 1000)
+                pending.extend(Metric(k, v, now, epoch) for k, v in metrics.items() if k != "epoch")
 
-        result = fit(vae_config(cfg.model, train_data), train_cfg, train_data, val_data, cfg.data.binarize, ckpt, on_epoch)
+        def on_checkpoint(epoch: int) -> None:
+            # One write per checkpoint, not per epoch: each costs ~10 ms in a SQLite store.
+            if pending:
+                client.log_batch(run_id, metrics=pending)
+            logged.update(m.step for m in pending)
+            pending.clear()
+
+        result = fit(vae_config(cfg.model, train_data), train_cfg, train_data, val_data, cfg.data.binarize, ckpt,
+                     on_epoch, on_checkpoint)
         mlflow.set_tag("resumed_from_epoch", str(result.resumed_from_epoch))
         model = result.model.cpu().eval()
         examples = held_out(val_data, torch.device("cpu"), cfg.data.binarize, seed=cfg.train.seed)

@@ -31,12 +31,12 @@ from vae_model.train import train, vae_config
 spec = json.loads(sys.argv[1])
 tr, va = load_source(DataConfig(kind="digits"))
 tr, va = tr.subset(range(256)), va.subset(range(64))
-def on_epoch(epoch, metrics):
+def on_checkpoint(epoch):
     if epoch == spec["kill_after"]:
         print("checkpointed", flush=True)
         time.sleep(600)
 train(vae_config(ModelConfig(**spec["model"]), tr), TrainConfig(**spec["train"]), tr, va,
-      spec["binarize"], spec["checkpoint"], on_epoch=on_epoch)
+      spec["binarize"], spec["checkpoint"], on_checkpoint=on_checkpoint)
 """
 
 
@@ -74,7 +74,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny, tmp_path):
     model = {"latent_dim": 4, "hidden_dim": 32}
     # Dynamic binarisation and a decaying rate: every random stream and schedule must resume right.
     train_kw = {"epochs": EPOCHS, "batch_size": 64, "lr": 3e-3, "seed": 7, "device": "cpu", "progress": False,
-                "lr_schedule": "cosine", "lr_min": 1e-4, "warmup_epochs": 2}
+                "lr_schedule": "cosine", "lr_min": 1e-4, "warmup_epochs": 2, "checkpoint_every_s": 0}
     ckpt = tmp_path / "killed.pt"
     spec = {"model": model, "train": train_kw, "binarize": "dynamic", "checkpoint": str(ckpt), "kill_after": KILL_AFTER}
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -98,6 +98,21 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny, tmp_path):
     for (name, a), (_, b) in zip(resumed.model.state_dict().items(), straight.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert load_checkpoint(ckpt)["epoch"] == EPOCHS
+
+
+def test_checkpoints_are_throttled_in_time_and_the_last_epoch_always_has_one(tiny, tmp_path):
+    train_data, val_data = tiny
+    model_cfg = vae_config(ModelConfig(latent_dim=4, hidden_dim=32), train_data)
+    seen: dict[float, list[tuple[str, int]]] = {}
+    for every_s in (0, 3600):
+        calls = seen[every_s] = []
+        cfg = TrainConfig(epochs=3, batch_size=64, device="cpu", progress=False, checkpoint_every_s=every_s)
+        train(model_cfg, cfg, train_data, val_data, checkpoint_path=tmp_path / f"{every_s}.pt",
+              on_epoch=lambda epoch, _: calls.append(("epoch", epoch)),
+              on_checkpoint=lambda epoch: calls.append(("checkpoint", epoch)))
+        assert load_checkpoint(tmp_path / f"{every_s}.pt")["epoch"] == 3
+    assert seen[0] == [("epoch", 1), ("checkpoint", 1), ("epoch", 2), ("checkpoint", 2), ("epoch", 3), ("checkpoint", 3)]
+    assert seen[3600] == [("epoch", 1), ("epoch", 2), ("epoch", 3), ("checkpoint", 3)]
 
 
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16")

@@ -36,7 +36,7 @@ def checkpoint_path(data_sha256: str, binarize: str, model: ModelConfig, train: 
     """Where a run's checkpoint lives: keyed by the data and every setting that shapes the
     weights, so rerunning a killed run with train.resume=true finds it (epochs may grow)."""
     # A decaying learning rate depends on the total epochs, so then they shape the weights too.
-    free = {"resume", "progress", "checkpoint_dir"} | ({"epochs"} if train.lr_schedule == "constant" else set())
+    free = {"resume", "progress", "checkpoint_dir", "checkpoint_every_s"} | ({"epochs"} if train.lr_schedule == "constant" else set())
     shaping = {
         "data": data_sha256,
         "binarize": binarize,

@@ -50,6 +50,9 @@ class TrainConfig(Section):
     warmup_epochs: int = Field(0, ge=0)
     resume: bool = False
     checkpoint_dir: str = ".vae-pipeline/checkpoints"
+    # A checkpoint at most this often, and after the last epoch: a killed run repeats at most this
+    # much training when resumed. 0: after every epoch.
+    checkpoint_every_s: float = Field(10.0, ge=0)
     compile: bool = False
     # bf16 autocast, opt-in: on CPUs with native bf16 (AVX512-BF16, AMX) about 1.8x faster epochs at
     # the same held-out ELBO (benchmarks/train_speed.py --bf16); ignored on CPUs without it; on CUDA

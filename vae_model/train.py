@@ -27,6 +27,7 @@ from vae_model.prior import fit_prior
 from vae_model.torch_state import torch_state
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+CheckpointCallback = Callable[[int], None]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,17 +85,22 @@ def train(
     binarize: str = "none",
     checkpoint_path: str | Path | None = None,
     on_epoch: EpochCallback | None = None,
+    on_checkpoint: CheckpointCallback | None = None,
 ) -> TrainResult:
-    """Train a VAE; call `on_epoch(epoch, metrics)` after each epoch (also for resumed ones)."""
+    """Train a VAE; call `on_epoch(epoch, metrics)` after each epoch (also for resumed ones), and
+    `on_checkpoint(epoch)` after each checkpoint (at most every `train.checkpoint_every_s`, and
+    after the last epoch; at the same points without a checkpoint path) and once for the
+    checkpoint a run resumes from."""
     device = resolve_device(cfg.device)
     # Adam's running averages fill with subnormal floats on sparse images; flushing them keeps
     # each CPU step's time flat.
     with torch_state(flush_denormal=True if device.type == "cpu" else None):
-        return _train(model_cfg, cfg, train_data, val_data, binarize, checkpoint_path, on_epoch, device)
+        return _train(model_cfg, cfg, train_data, val_data, binarize, checkpoint_path, on_epoch, on_checkpoint, device)
 
 
 def _train(model_cfg: VAEConfig, cfg: TrainConfig, train_data: ImageData, val_data: ImageData, binarize: str,
-           checkpoint_path: str | Path | None, on_epoch: EpochCallback | None, device: torch.device) -> TrainResult:
+           checkpoint_path: str | Path | None, on_epoch: EpochCallback | None,
+           on_checkpoint: CheckpointCallback | None, device: torch.device) -> TrainResult:
     torch.manual_seed(cfg.seed)  # parameter initialisation
     model = VAE(model_cfg).to(device)
     optimizer = make_optimizer(model, cfg.lr)
@@ -112,6 +118,8 @@ def _train(model_cfg: VAEConfig, cfg: TrainConfig, train_data: ImageData, val_da
         for metrics in result.history:
             if on_epoch:
                 on_epoch(int(metrics["epoch"]), metrics)
+        if on_checkpoint:
+            on_checkpoint(state["epoch"])
 
     train_t = to_device(train_data, device, binarize, seed=cfg.seed)
     val_t = held_out(val_data, device, binarize, seed=cfg.seed + 1)
@@ -119,7 +127,14 @@ def _train(model_cfg: VAEConfig, cfg: TrainConfig, train_data: ImageData, val_da
         model.init_output_bias(train_t.x.mean(0))
     step_fn = _compile_step(model, cfg, device)
 
+    def checkpoint(epoch: int) -> None:
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, model, optimizer, generator, epoch, result.history, cfg)
+        if on_checkpoint:
+            on_checkpoint(epoch)
+
     progress = _progress(cfg, len(train_data))
+    saved_at = time.monotonic()
     with progress if progress is not None else contextlib.nullcontext():
         for epoch in range(start_epoch, cfg.epochs + 1):
             model.train()
@@ -134,10 +149,13 @@ def _train(model_cfg: VAEConfig, cfg: TrainConfig, train_data: ImageData, val_da
                 "val_recon": val["recon"], "val_kl": val["kl"], "epoch_seconds": epoch_seconds,
             }
             result.history.append(metrics)
-            if checkpoint_path is not None:
-                save_checkpoint(checkpoint_path, model, optimizer, generator, epoch, result.history, cfg)
             if on_epoch:
                 on_epoch(epoch, metrics)
+            # A checkpoint costs ~15 ms for a small model, as much as a short epoch: they are
+            # written at most every train.checkpoint_every_s, and after the last epoch.
+            if epoch == cfg.epochs or time.monotonic() - saved_at >= cfg.checkpoint_every_s:
+                checkpoint(epoch)
+                saved_at = time.monotonic()
     if model_cfg.prior_components:
         # Refitted on a resume too: the fit is seeded, so it gives the same prior again.
         fit_prior(model.prior, posterior_means(model, train_t, cfg.seed), _cpu(train_t.y), cfg.seed)

@@ -17,7 +17,8 @@ from tests.conftest import TINY
 from tests.reliability.servers import mlflow_server, stop
 
 # Long enough (tens of seconds) to be interrupted after the first checkpoints.
-SLOW = [*TINY, "model.hidden_dim=256", "train.batch_size=16", "train.epochs=60"]
+# A checkpoint after every epoch: the tests stop a run at a known point mid-training.
+SLOW = [*TINY, "model.hidden_dim=256", "train.batch_size=16", "train.epochs=60", "train.checkpoint_every_s=0"]
 
 
 @pytest.fixture
