@@ -95,7 +95,7 @@ def run(
 
         _report(_finish(pipeline(cfg.to_dict(), return_state=True), debug))
     else:
-        from flows.pipeline import run_steps
+        from flows.steps import run_steps
 
         _report(_in_process(lambda: run_steps(cfg, as_tasks=False), debug))
         _exit_now()
@@ -204,7 +204,7 @@ def evaluate(
     cfg = _load(config, overrides)
     if not debug:
         _quiet_user_errors()
-    from flows.evaluate import evaluate_samples_flow
+    from flows.evaluate_samples import evaluate_samples_flow
 
     state = evaluate_samples_flow(cfg, str(samples), model_uri=model,
                                   snapshot=None if data is None else str(data), return_state=True)

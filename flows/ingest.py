@@ -8,10 +8,10 @@ from typing import Any
 import mlflow
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from prefect import task
 
 from flows import tracking
 from flows.config import PipelineConfig
+from flows.lazy_task import task
 from flows.retry import network
 from vae_model.data import load_source, write_snapshot
 from vae_model.sampling import parse_labels

@@ -15,16 +15,16 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from prefect import task
 
 from flows import comparison, tracking
 from flows.config import PipelineConfig
+from flows.lazy_task import task
 from flows.prefect_report import artifact
 from flows.promotion_lock import promotion_lock
 from flows.retry import network
-from vae_model.weights import load_model
 from vae_model.data import ImageData, read_snapshot, row_hashes
 from vae_model.likelihood import unscorable
+from vae_model.weights import load_model
 
 
 def decide(challenger: float | None, incumbent: float | None, min_improvement: float, why_not: str | None = None) -> tuple[bool, str]:

@@ -14,10 +14,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
-from prefect import task
 
 from flows import tracking
 from flows.config import PipelineConfig
+from flows.lazy_task import task
 from flows.retry import network
 from vae_model.checkpoint import checkpoint_path
 from vae_model.data import read_snapshot

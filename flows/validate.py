@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import mlflow
-from prefect import task
 
 from flows import tracking
 from flows.config import PipelineConfig
+from flows.lazy_task import task
 from flows.prefect_report import artifact
 from flows.retry import network
 from vae_model.data import read_snapshot

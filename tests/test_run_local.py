@@ -1,9 +1,11 @@
-"""`vae-pipeline run` without a Prefect API: the steps run in the command's process, no temporary
-Prefect server starts, and the run leaves the records and the bytes the Prefect flow leaves."""
+"""`vae-pipeline run` without a Prefect API: the steps run in the command's process, which neither
+starts a temporary Prefect server nor imports Prefect, and the run leaves the records and the bytes
+the Prefect flow leaves."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ from mlflow import MlflowClient
 from tests.conftest import TINY
 
 
-def _run(cwd: Path, *settings: str, api: str | None = None) -> subprocess.CompletedProcess:
+def _run(cwd: Path, *settings: str, api: str | None = None, python: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """The real command in `cwd`, with its own MLflow store, and no Prefect API unless `api` is given."""
     cwd.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
@@ -21,7 +23,7 @@ def _run(cwd: Path, *settings: str, api: str | None = None) -> subprocess.Comple
     env.update({"MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store, "PREFECT_HOME": str(cwd / ".prefect"),
                 **({"PREFECT_API_URL": api} if api else {})})
     args = [a for s in [*TINY, *settings] for a in ("--set", s)]
-    return subprocess.run([sys.executable, "-m", "flows.cli", "run", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, *python, "-m", "flows.cli", "run", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -31,9 +33,11 @@ def _samples(cwd: Path) -> dict[str, bytes]:
 
 
 def test_without_a_prefect_api_the_run_is_in_process_and_leaves_what_the_flow_leaves(prefect_server, tmp_path):
-    here = _run(tmp_path / "here")
+    here = _run(tmp_path / "here", python=("-X", "importtime"))  # each imported module, on stderr
     assert here.returncode == 0, here.stderr[-2000:]
     assert "temporary server" not in here.stdout + here.stderr
+    assert re.search(r"\|\s+torch$", here.stderr, re.MULTILINE), "importtime lists the modules"
+    assert not re.search(r"\|\s+prefect(\.|$)", here.stderr, re.MULTILINE), "Prefect was imported"
     assert not (tmp_path / "here" / ".prefect" / "prefect.db").exists()
     assert "registered vae-digits version 1 as models:/vae-digits@champion" in here.stdout
     flow = _run(tmp_path / "flow", api=prefect_server)
