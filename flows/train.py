@@ -53,7 +53,6 @@ def train(cfg: PipelineConfig, data: dict[str, Any], run_id: str) -> dict[str, A
             # One write per checkpoint, not per epoch: each costs ~10 ms in a SQLite store.
             if pending:
                 client.log_batch(run_id, metrics=pending)
-            logged.update(m.step for m in pending)
             pending.clear()
 
         result = fit(vae_config(cfg.model, train_data), train_cfg, train_data, val_data, cfg.data.binarize, ckpt,
