@@ -101,7 +101,7 @@ class PipelineConfig(Section):
 
 def _describe(error: dict[str, Any], source: str) -> str:
     key = ".".join(str(p) for p in error["loc"])
-    if error["type"] == "unmeasurable_gate":
+    if error["type"] in ("unmeasurable_gate", "conflicting_keys"):
         return f"{source}: {error['msg']}"
     if error["type"] == "extra_forbidden":
         return f"{source}: unknown config key '{key}'"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class Section(BaseModel):
@@ -54,6 +55,10 @@ class TrainConfig(Section):
     # much training when resumed. 0: after every epoch.
     checkpoint_every_s: float = Field(10.0, ge=0)
     compile: bool = False
+    # Importance samples per example in the training objective: 1 trains on the ELBO; k > 1 on the
+    # IWAE bound with DReG encoder gradients (vae_model.loss.iw_objective), a tighter bound on
+    # log p(x) for about k decoder passes per step.
+    iw_samples: int = Field(1, ge=1)
     # bf16 autocast, opt-in: on CPUs with native bf16 (AVX512-BF16, AMX) about 1.8x faster epochs at
     # the same held-out ELBO (benchmarks/train_speed.py --bf16); ignored on CPUs without it; on CUDA
     # slower than fp32 at batch 128 (benchmarks/train_cuda.py).
@@ -62,6 +67,14 @@ class TrainConfig(Section):
     # Learning rate per epoch: constant, or cosine decay from lr to lr_min over the run's epochs.
     lr_schedule: Literal["constant", "cosine"] = "constant"
     lr_min: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _compile_one_sample(self) -> TrainConfig:
+        if self.compile and self.iw_samples > 1:
+            raise PydanticCustomError("conflicting_keys", "config keys 'train.compile' and 'train.iw_samples' conflict: "
+                                      "train.compile graphs the one-sample ELBO step; set train.iw_samples=1 or "
+                                      "train.compile=false")
+        return self
 
 
 class ValidateConfig(Section):

@@ -76,6 +76,50 @@ def elbo(
     return ElboTerms(-(recon + kl), recon, kl)
 
 
+class IwTerms(NamedTuple):
+    """Per-example terms of the k-sample importance-weighted bound, in nats."""
+
+    surrogate: torch.Tensor  # differentiate this, not `bound` (see iw_objective)
+    bound: torch.Tensor  # log (1/k) sum_i w_i, detached
+    elbo: torch.Tensor  # the mean of the k log weights: a k-sample estimate of the ELBO, detached
+
+
+def log_weights(model: VAE, flat: torch.Tensor, y: torch.Tensor | None, z: torch.Tensor, mu: torch.Tensor,
+                logvar: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
+    """log p(x|z) + kl_weight * (log p(z) - log q(z|x)) for latents z (n, B, L) of the examples
+    `flat` (B, D) under q = N(mu, exp(logvar)); shape (n, B). With kl_weight 1, log w."""
+    n = len(z)
+    logits = model.decode(z.reshape(-1, z.shape[-1]), None if y is None else y.repeat(n))
+    log_px = log_likelihood(flat.repeat(n, 1), logits, model.cfg.likelihood, model.log_scale).view(n, -1)
+    log_pz = (-0.5 * (z.pow(2) + math.log(2 * math.pi))).sum(-1)
+    log_qz = (-0.5 * (((z - mu) / torch.exp(0.5 * logvar)).pow(2) + logvar + math.log(2 * math.pi))).sum(-1)
+    return log_px + kl_weight * (log_pz - log_qz)
+
+
+def iw_objective(
+    model: VAE, x: torch.Tensor, y: torch.Tensor | None, k: int, generator: torch.Generator | None = None,
+    kl_weight: float = 1.0,
+) -> IwTerms:
+    """The IWAE training objective (Burda et al., 2016) with k samples per example, and the
+    doubly reparameterised encoder gradient (DReG; Tucker et al., 2019).
+
+    The decoder's gradient is IWAE's, sum_i w~_i d log w_i. The encoder's plain IWAE gradient
+    gets noisier as k grows (Rainforth et al., 2018); DReG's, sum_i w~_i^2 dlog w_i/dz_i dz_i,
+    does not. Both come from one backward pass of `surrogate`: q's parameters are detached inside
+    log q(z|x), so the encoder is reached only through z, and a hook on z weights its gradient
+    by w~_i once more. `kl_weight` scales log p(z) - log q(z|x), the KL warm-up of the bound.
+    """
+    mu, logvar = model.encode(x, y)
+    eps = torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
+    z = mu + eps * torch.exp(0.5 * logvar)
+    log_w = log_weights(model, x.flatten(1), y, z, mu.detach(), logvar.detach(), kl_weight)
+    weights = torch.softmax(log_w.detach(), dim=0)
+    if z.requires_grad:
+        z.register_hook(lambda grad: grad * weights.unsqueeze(-1).to(grad.dtype))
+    bound = torch.logsumexp(log_w.detach(), dim=0) - math.log(k)
+    return IwTerms((weights * log_w).sum(0), bound, log_w.detach().mean(0))
+
+
 @torch.no_grad()
 def iw_log_likelihood(
     model: VAE,
@@ -101,13 +145,6 @@ def iw_log_likelihood(
         n = min(chunk, k - done)
         eps = torch.stack([torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
                            for _ in range(n)])
-        z = mu + eps * std
-        zf = z.reshape(-1, z.shape[-1])
-        yf = None if y is None else y.repeat(n)
-        logits = model.decode(zf, yf)
-        log_px = log_likelihood(flat.repeat(n, 1), logits, model.cfg.likelihood, model.log_scale).view(n, -1)
-        log_pz = (-0.5 * (z.pow(2) + math.log(2 * math.pi))).sum(-1)
-        log_qz = (-0.5 * (((z - mu) / std).pow(2) + logvar + math.log(2 * math.pi))).sum(-1)
-        total = torch.logaddexp(total, torch.logsumexp(log_px + log_pz - log_qz, dim=0))
+        total = torch.logaddexp(total, torch.logsumexp(log_weights(model, flat, y, mu + eps * std, mu, logvar), dim=0))
         done += n
     return total - math.log(k)

@@ -21,7 +21,7 @@ from vae_model.config import ModelConfig, TrainConfig
 from vae_model.data.dataset import ImageData
 from vae_model.errors import TrainingDiverged, UserError
 from vae_model.likelihood import DeviceData, evaluate_elbo, held_out, to_device
-from vae_model.loss import elbo
+from vae_model.loss import elbo, iw_objective
 from vae_model.model import VAE, VAEConfig
 from vae_model.prior import fit_prior
 from vae_model.torch_state import torch_state
@@ -197,6 +197,8 @@ def _autocast(cfg: TrainConfig, device: torch.device):
 
 def _compile_step(model: VAE, cfg: TrainConfig, device: torch.device):
     autocast = _autocast(cfg, device)
+    if cfg.iw_samples > 1:
+        return _iw_step(model, autocast, cfg.iw_samples)
     if cfg.compile and device.type == "cuda":
         return _graphed_step(model, autocast)
 
@@ -205,6 +207,17 @@ def _compile_step(model: VAE, cfg: TrainConfig, device: torch.device):
             terms = elbo(model, x, y, generator)
             loss = (terms.recon + kl_weight * terms.kl).mean()
         return loss, terms.elbo.detach().sum()
+
+    return step
+
+
+def _iw_step(model: VAE, autocast, k: int):
+    """The k-sample IWAE objective; the reported train ELBO is the mean of the k log weights."""
+
+    def step(x: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator, kl_weight: float):
+        with autocast():
+            terms = iw_objective(model, x, y, k, generator, kl_weight)
+        return -terms.surrogate.mean(), terms.elbo.sum()
 
     return step
 

@@ -232,6 +232,8 @@ def test_mixed_folder_is_converted_when_the_config_asks(tmp_path):
     (["evaluate.enabled=false", "validate.max_fcd_ratio=2", "validate.min_coverage=0.1"],
      ("config keys 'validate.max_fcd_ratio', 'validate.min_coverage': cannot be measured under this config; "
       "needs evaluate.enabled=true")),
+    (["train.compile=true", "train.iw_samples=4"],
+     "config keys 'train.compile' and 'train.iw_samples' conflict: train.compile graphs the one-sample ELBO step"),
     (["validate.min_label_agreement=0.5"],
      "'validate.min_label_agreement': cannot be measured under this config; needs model.conditional=true"),
 ])
