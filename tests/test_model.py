@@ -11,7 +11,14 @@ from torch.nn import functional as F
 from vae_model.config import DataConfig, ModelConfig, TrainConfig
 from vae_model.data.sources import load_source
 from vae_model.likelihood import evaluate_elbo, held_out, to_device
-from vae_model.loss import bernoulli_nll, elbo, iw_log_likelihood, iw_objective, kl_to_standard_normal, log_likelihood
+from vae_model.loss import (
+    bernoulli_nll,
+    elbo,
+    iw_log_likelihood,
+    iw_objective,
+    kl_to_standard_normal,
+    log_likelihood,
+)
 from vae_model.model import VAE, VAEConfig
 from vae_model.train import train, vae_config
 
