@@ -69,12 +69,14 @@ def test_cosine_schedule_runs_from_lr_to_lr_min():
     assert lr_at(TrainConfig(lr=2e-3), 7) == 2e-3
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny, tmp_path):
+@pytest.mark.parametrize("iw_samples", [1, 3])
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny, tmp_path, iw_samples):
     train_data, val_data = tiny
     model = {"latent_dim": 4, "hidden_dim": 32}
     # Dynamic binarisation and a decaying rate: every random stream and schedule must resume right.
     train_kw = {"epochs": EPOCHS, "batch_size": 64, "lr": 3e-3, "seed": 7, "device": "cpu", "progress": False,
-                "lr_schedule": "cosine", "lr_min": 1e-4, "warmup_epochs": 2, "checkpoint_every_s": 0}
+                "lr_schedule": "cosine", "lr_min": 1e-4, "warmup_epochs": 2, "checkpoint_every_s": 0,
+                "iw_samples": iw_samples}
     ckpt = tmp_path / "killed.pt"
     spec = {"model": model, "train": train_kw, "binarize": "dynamic", "checkpoint": str(ckpt), "kill_after": KILL_AFTER}
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -118,12 +120,14 @@ def test_checkpoints_are_throttled_in_time_and_the_last_epoch_always_has_one(tin
 
 
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16")
-def test_bf16_autocast_on_cpu_reaches_the_fp32_elbo(tiny):
+@pytest.mark.parametrize("iw_samples", [1, 4])
+def test_bf16_autocast_on_cpu_reaches_the_fp32_elbo(tiny, iw_samples):
     train_data, val_data = tiny
     model_cfg = vae_config(ModelConfig(latent_dim=4, hidden_dim=32), train_data)
     val = {}
     for bf16 in (False, True):
-        cfg = TrainConfig(epochs=6, batch_size=64, lr=3e-3, device="cpu", progress=False, bf16=bf16)
+        cfg = TrainConfig(epochs=6, batch_size=64, lr=3e-3, device="cpu", progress=False, bf16=bf16,
+                          iw_samples=iw_samples)
         val[bf16] = train(model_cfg, cfg, train_data, val_data).history[-1]["val_elbo"]
     assert val[True] != val[False]  # the products did run in bf16
     assert val[True] == pytest.approx(val[False], abs=0.5)

@@ -109,7 +109,8 @@ def iw_objective(
     log q(z|x), so the encoder is reached only through z, and a hook on z weights its gradient
     by w~_i once more. `kl_weight` scales log p(z) - log q(z|x), the KL warm-up of the bound.
     """
-    mu, logvar = model.encode(x, y)
+    # The log densities are summed in fp32 at least, even when the layers run in bf16 (autocast).
+    mu, logvar = (t.to(torch.promote_types(t.dtype, torch.float32)) for t in model.encode(x, y))
     eps = torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
     z = mu + eps * torch.exp(0.5 * logvar)
     log_w = log_weights(model, x.flatten(1), y, z, mu.detach(), logvar.detach(), kl_weight)
