@@ -4,13 +4,15 @@ importance-weighted NLL on the MNIST test set, the wall times and the command.
     python benchmarks/mnist_best.py                       # the preset, k = 5000
     python benchmarks/mnist_best.py --epochs 2 --k 100    # a quick check of the plumbing
 
-The checkpoint goes to --checkpoint (resumed when the preset says train.resume), so a killed
-run continues where it stopped. No MLflow or Prefect is involved.
+The checkpoint (resumed when the preset says train.resume, so a killed run continues where it
+stopped) is keyed by the data and every setting that shapes the weights, as the train step's is:
+a quick check or an older preset never resumes into this run. No MLflow or Prefect is involved.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flows.config import load_config  # noqa: E402
+from vae_model.checkpoint import checkpoint_path  # noqa: E402
 from vae_model.data.sources import load_source  # noqa: E402
 from vae_model.likelihood import evaluate_elbo, evaluate_iw, held_out  # noqa: E402
 from vae_model.train import resolve_device, train, vae_config  # noqa: E402
@@ -32,7 +35,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     parser.add_argument("--k", type=int, default=5000, help="importance samples per test image")
     parser.add_argument("--iw-batch", type=int, default=100, help="test images per IW batch")
-    parser.add_argument("--checkpoint", type=Path, default=Path("/tmp/mnist_best.pt"))
+    parser.add_argument("--checkpoint", type=Path, default=None, help="default: keyed under train.checkpoint_dir")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = parser.parse_args()
 
@@ -48,9 +51,12 @@ def main() -> None:
         if epoch == 1 or epoch % 10 == 0 or epoch == cfg.train.epochs:
             print(f"epoch {epoch:4d}  val ELBO {m['val_elbo']:8.2f}  {m['epoch_seconds']:.2f} s", flush=True)
 
+    data_sha256 = hashlib.sha256(train_data.images.tobytes()).hexdigest()
+    checkpoint = args.checkpoint or checkpoint_path(data_sha256, cfg.data.binarize, cfg.model, cfg.train)
+    print(f"checkpoint: {checkpoint}", flush=True)
     started = time.perf_counter()
     result = train(vae_config(cfg.model, train_data), cfg.train, train_data, test_data, cfg.data.binarize,
-                   args.checkpoint, on_epoch=report)
+                   checkpoint, on_epoch=report)
     train_wall = time.perf_counter() - started
     epoch_seconds = sum(m["epoch_seconds"] for m in result.history)
 
