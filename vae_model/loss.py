@@ -23,8 +23,10 @@ class _SummedBCEWithLogits(torch.autograd.Function):
 
     ATen's BCE-with-logits, softplus and log1p run unvectorised on CPU (about 1 ms for one
     128 x 784 batch, as long as the batch's largest matrix product); softplus is written here as
-    relu(l) + log(1 + exp(-|l|)) in place, from ops that are vectorised, about 4x faster.
-    For |l| > 17 the log term rounds to 0 instead of exp(-|l|) < 4e-8 nats: no matter for a sum.
+    relu(l) - log(sigmoid(|l|)), in place, from ops that are vectorised, 4-8x faster (sigmoid
+    is also faster than exp here). sigmoid(|l|) >= 1/2, so the log never sees a value near 0;
+    for |l| > 17 it rounds to 1 and the term to 0 instead of exp(-|l|) < 4e-8 nats: no matter
+    for a sum.
     """
 
     @staticmethod
@@ -33,7 +35,7 @@ class _SummedBCEWithLogits(torch.autograd.Function):
         # bf16 logits from CPU autocast are summed in fp32; float64 stays float64.
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         ctx.save_for_backward(logits, x)
-        softplus = logits.abs().neg_().exp_().add_(1).log_().add_(logits.clamp(min=0))
+        softplus = logits.clamp(min=0).sub_(logits.abs().sigmoid_().log_())
         return softplus.addcmul_(x, logits, value=-1.0).sum(1)
 
     @staticmethod
