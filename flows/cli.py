@@ -198,17 +198,24 @@ def evaluate(
     data: Annotated[Path | None, typer.Option("--data", help="Real data snapshot (default: the one the model was trained on)")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML config for evaluate.*, data.snapshot_dir, tracking.*")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set evaluate.max_samples=5000")] = None,
+    prefect: Annotated[bool, typer.Option("--prefect", help="Run as the Prefect flow (a flow run in the UI), "
+                                          "on a temporary server when PREFECT_API_URL is unset")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks")] = False,
 ) -> None:
-    """Score a sample set's fidelity, utility and memorisation against the real data (an MLflow run)."""
+    """Score a sample set's fidelity, utility and memorisation against the real data (an MLflow run).
+
+    Without a Prefect API (PREFECT_API_URL unset) and without --prefect, it runs in this process and
+    never imports Prefect; the MLflow run is its record."""
     cfg = _load(config, overrides)
     if not debug:
         _quiet_user_errors()
-    from flows.evaluate_samples import evaluate_samples_flow
+    from flows.evaluate_samples import evaluate_flow, evaluate_folder
 
-    state = evaluate_samples_flow(cfg, str(samples), model_uri=model,
-                                  snapshot=None if data is None else str(data), return_state=True)
-    typer.echo(json.dumps(_finish(state, debug)))
+    args = (cfg, str(samples), model, None if data is None else str(data))
+    if not _as_flow(prefect, dask=False):
+        typer.echo(json.dumps(_in_process(lambda: evaluate_folder(*args), debug)))
+        _exit_now()
+    typer.echo(json.dumps(_finish(evaluate_flow()(*args, return_state=True), debug)))
 
 
 def main() -> None:

@@ -1,14 +1,16 @@
-"""The `evaluate` flow of `vae-pipeline evaluate`: a generated folder against the data its model
-was trained on, as its own MLflow run (the evaluate step, flows/evaluate.py, does the scoring)."""
+"""`vae-pipeline evaluate`: a generated folder against the data its model was trained on, as its
+own MLflow run (the evaluate step, flows/evaluate.py, does the scoring). Run in the command's
+process without a Prefect API, as `run` and `generate` are; as the Prefect flow `evaluate` with one.
+Importing this module never imports Prefect."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 from mlflow import MlflowClient
-from prefect import flow
 
 from flows import registered_model, tracking
 from flows.config import PipelineConfig
@@ -39,10 +41,10 @@ def _snapshot_for(model_uri: str | None, snapshot: str | None, snapshot_dir: str
     return {"snapshot": str(path), "sha256": sha}
 
 
-@flow(name="evaluate")
-def evaluate_samples_flow(cfg: PipelineConfig, samples_dir: str, model_uri: str | None = None,
-                          snapshot: str | None = None) -> dict[str, Any]:
-    """Evaluate a generated folder against the data its model was trained on, as its own MLflow run."""
+def evaluate_folder(cfg: PipelineConfig, samples_dir: str, model_uri: str | None = None,
+                    snapshot: str | None = None, as_task: bool = False) -> dict[str, Any]:
+    """Evaluate a generated folder against the data its model was trained on, as its own MLflow
+    run; the scoring runs as a Prefect task of the current flow run where `as_task`."""
     tracking.use(cfg.tracking.uri)
     model_uri = model_uri or samples_model_uri(samples_dir)
     data = _snapshot_for(model_uri, snapshot, cfg.data.snapshot_dir)
@@ -52,9 +54,23 @@ def evaluate_samples_flow(cfg: PipelineConfig, samples_dir: str, model_uri: str 
     if model_uri:
         MlflowClient().set_tag(run_id, "evaluated_model", model_uri)
     try:
-        result = evaluate(cfg, data, samples_dir, run_id)
+        result = (evaluate if as_task else evaluate.fn)(cfg, data, samples_dir, run_id)
     except BaseException:
         tracking.end_run(run_id, "FAILED")
         raise
     tracking.end_run(run_id, "FINISHED")
     return {**result, "run_id": run_id}
+
+
+@functools.cache
+def evaluate_flow() -> Any:
+    """`evaluate_folder` as the Prefect flow `evaluate` (a flow run in the UI), built on first use."""
+    from prefect import flow
+
+    @flow(name="evaluate")
+    def evaluate_samples(cfg: PipelineConfig, samples_dir: str, model_uri: str | None = None,
+                         snapshot: str | None = None) -> dict[str, Any]:
+        """Evaluate a generated folder against the data its model was trained on, as its own MLflow run."""
+        return evaluate_folder(cfg, samples_dir, model_uri, snapshot, as_task=True)
+
+    return evaluate_samples

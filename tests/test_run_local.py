@@ -4,6 +4,7 @@ the Prefect flow leaves."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,16 +16,26 @@ from mlflow import MlflowClient
 from tests.conftest import TINY
 
 
-def _run(cwd: Path, *settings: str, api: str | None = None, python: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """The real command in `cwd`, with its own MLflow store, and no Prefect API unless `api` is given."""
+def _command(cwd: Path, *args: str, api: str | None = None, python: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """The real `vae-pipeline` command in `cwd`, with its own MLflow store, and no Prefect API unless
+    `api` is given."""
     cwd.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     store = f"sqlite:///{cwd / 'mlflow.db'}"
     env.update({"MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store, "PREFECT_HOME": str(cwd / ".prefect"),
                 **({"PREFECT_API_URL": api} if api else {})})
-    args = [a for s in [*TINY, *settings] for a in ("--set", s)]
-    return subprocess.run([sys.executable, *python, "-m", "flows.cli", "run", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, *python, "-m", "flows.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
+
+
+def _run(cwd: Path, *settings: str, api: str | None = None, python: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`vae-pipeline run` on the tiny recipe with these settings."""
+    return _command(cwd, "run", *[a for s in [*TINY, *settings] for a in ("--set", s)], api=api, python=python)
+
+
+def _imported_prefect(importtime: str) -> bool:
+    assert re.search(r"\|\s+torch$", importtime, re.MULTILINE), "importtime lists the modules"
+    return bool(re.search(r"\|\s+prefect(\.|$)", importtime, re.MULTILINE))
 
 
 def _samples(cwd: Path) -> dict[str, bytes]:
@@ -36,8 +47,7 @@ def test_without_a_prefect_api_the_run_is_in_process_and_leaves_what_the_flow_le
     here = _run(tmp_path / "here", python=("-X", "importtime"))  # each imported module, on stderr
     assert here.returncode == 0, here.stderr[-2000:]
     assert "temporary server" not in here.stdout + here.stderr
-    assert re.search(r"\|\s+torch$", here.stderr, re.MULTILINE), "importtime lists the modules"
-    assert not re.search(r"\|\s+prefect(\.|$)", here.stderr, re.MULTILINE), "Prefect was imported"
+    assert not _imported_prefect(here.stderr), "Prefect was imported"
     assert not (tmp_path / "here" / ".prefect" / "prefect.db").exists()
     assert "registered vae-digits version 1 as models:/vae-digits@champion" in here.stdout
     flow = _run(tmp_path / "flow", api=prefect_server)
@@ -77,3 +87,30 @@ def test_labels_the_model_cannot_take_are_refused_before_training(tmp_path):
     assert not (tmp_path / ".vae-pipeline" / "data").exists() and not (tmp_path / "outputs").exists()
     refused = _run(tmp_path, "generate.labels=12", "model.conditional=true", "data.num_classes=10")
     assert refused.returncode == 1 and "error: generate.labels: label 12 is outside 0..9" in refused.stderr
+
+
+def test_evaluate_without_a_prefect_api_is_in_process_and_scores_as_the_flow_does(prefect_server, tmp_path):
+    assert _run(tmp_path).returncode == 0
+    args = ("evaluate", "--samples", "outputs/samples/vae-digits/v1", "--set", "evaluate.classifier_steps=200")
+    here = _command(tmp_path, *args, python=("-X", "importtime"))
+    assert here.returncode == 0, here.stderr[-2000:]
+    assert "temporary server" not in here.stdout + here.stderr
+    assert not _imported_prefect(here.stderr), "Prefect was imported"
+    assert not (tmp_path / ".prefect" / "prefect.db").exists()
+    flow = _command(tmp_path, *args, "--prefect", api=prefect_server)
+    assert flow.returncode == 0, flow.stderr[-2000:]
+
+    results = [json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{"))) for done in (here, flow)]
+    assert results[0]["synthetic"] == results[1]["synthetic"] and results[0]["real"] == results[1]["real"]
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(store, store)
+    for result in results:
+        run = client.get_run(result["run_id"])
+        assert run.info.status == "FINISHED" and run.data.tags["evaluated_model"] == "models:/vae-digits/1"
+        assert run.data.metrics["eval_fcd"] == result["synthetic"]["fcd"]
+    assert results[0]["run_id"] != results[1]["run_id"]
+    # A folder that is not a generate output: one line, exit 1, no traceback, in process too.
+    bad = _command(tmp_path, "evaluate", "--samples", "nowhere")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert [line for line in bad.stderr.splitlines() if line.startswith("error:")] == [
+        "error: nowhere: no part-*.parquet sample shards found (expected a `generate` output folder)"]
