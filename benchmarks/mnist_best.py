@@ -12,7 +12,6 @@ a quick check or an older preset never resumes into this run. No MLflow or Prefe
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from flows.config import load_config  # noqa: E402
 from vae_model.checkpoint import checkpoint_path  # noqa: E402
+from vae_model.data.snapshot import content_hash  # noqa: E402
 from vae_model.data.sources import load_source  # noqa: E402
 from vae_model.likelihood import evaluate_elbo, evaluate_iw, held_out  # noqa: E402
 from vae_model.train import resolve_device, train, vae_config  # noqa: E402
@@ -51,7 +51,8 @@ def main() -> None:
         if epoch == 1 or epoch % 10 == 0 or epoch == cfg.train.epochs:
             print(f"epoch {epoch:4d}  val ELBO {m['val_elbo']:8.2f}  {m['epoch_seconds']:.2f} s", flush=True)
 
-    data_sha256 = hashlib.sha256(train_data.images.tobytes()).hexdigest()
+    # The snapshot's content hash: the key the train step gives the same data.
+    data_sha256 = content_hash(train_data, test_data)
     checkpoint = args.checkpoint or checkpoint_path(data_sha256, cfg.data.binarize, cfg.model, cfg.train)
     print(f"checkpoint: {checkpoint}", flush=True)
     started = time.perf_counter()
