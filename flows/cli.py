@@ -148,7 +148,7 @@ def generate(
     out: Annotated[Path | None, typer.Option("--out", help="Output directory (default: outputs/<model>/v<version>/seed<seed>-n<num>-<request hash>)")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed")] = REQUEST_DEFAULTS.seed,
     format: Annotated[str, typer.Option("--format", help="parquet, png or parquet,png")] = ",".join(REQUEST_DEFAULTS.formats),
-    labels: Annotated[str | None, typer.Option(help="Conditional models: 3, 0,1,2 or 0:0.7,1:0.3")] = REQUEST_DEFAULTS.labels,
+    labels: Annotated[str | None, typer.Option(help="Conditional models: 3, 0,1,2 or 0:0.7,1:0.3; a class by number or by name (an image folder's class folder)")] = REQUEST_DEFAULTS.labels,
     shard_size: Annotated[int, typer.Option(help="Samples per shard")] = REQUEST_DEFAULTS.shard_size,
     temperature: Annotated[float, typer.Option(help="Scale of the prior's noise: below 1 more typical, above 1 more diverse")] = REQUEST_DEFAULTS.temperature,
     overwrite: Annotated[bool, typer.Option(help="Replace another request's output in --out")] = False,

@@ -25,7 +25,7 @@ def ingest(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
     # Refuses, before anything is written, a model the data cannot feed, and labels that model
     # will not take (which would fail only after it is registered).
     model_cfg = vae_config(cfg.model, train)
-    parse_labels(cfg.generate.labels, model_cfg.num_classes, "generate.labels")
+    parse_labels(cfg.generate.labels, model_cfg.num_classes, "generate.labels", model_cfg.class_names)
     path, sha = write_snapshot(train, val, cfg.data.snapshot_dir)
     with tracking.resumed(cfg.tracking, run_id):
         with warnings.catch_warnings():

@@ -33,7 +33,7 @@ def resolve(model_uri: str) -> dict[str, Any]:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             raise UserError(f"{model_uri}: no registered model '{name}' with {what} in {mlflow.get_registry_uri()}") from None
         raise
-    return {"uri": model_uri, "name": name, "version": str(mv.version), "spec": _spec(name, str(mv.version)).__dict__}
+    return {"uri": model_uri, "name": name, "version": str(mv.version), "spec": _spec(name, str(mv.version)).to_dict()}
 
 
 def _spec(name: str, version: str) -> SamplerSpec:
@@ -42,7 +42,8 @@ def _spec(name: str, version: str) -> SamplerSpec:
         # Versions logged before the weights file. (Reading the MLmodel costs a process its
         # first ~0.35 s of MLflow model imports, which the weights file spares every request.)
         meta = mlflow.models.get_model_info(f"models:/{name}/{version}").metadata or {}
-        return SamplerSpec(meta["latent_dim"], meta["channels"], meta["height"], meta["width"], meta.get("num_classes", 0))
+        return SamplerSpec(meta["latent_dim"], meta["channels"], meta["height"], meta["width"], meta.get("num_classes", 0),
+                           meta.get("class_names", ()))
     return SamplerSpec.of(_load(mlflow.get_registry_uri(), name, version).cfg)
 
 

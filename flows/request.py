@@ -42,14 +42,15 @@ def plan(model_uri: str, request: SampleRequest, out_dir: str | None = None, ove
     prepare the output folder (resume or refuse)."""
     tracking.use(tracking_uri)
     model = registered_model.resolve(model_uri)
-    resolved = Request.of(request, model["spec"]["num_classes"], model_uri, model["name"], model["version"])
+    spec = SamplerSpec(**model["spec"])
+    resolved = Request.of(request, spec.num_classes, model_uri, model["name"], model["version"], spec.class_names)
     out = prepare_output(out_dir if out_dir is not None else default_out_dir(resolved), resolved, overwrite).resolve()
     return Planned(model, resolved, out)
 
 
 def finish(planned: Planned) -> dict[str, Any]:
     """Write the manifest (last) and say where the request's files are."""
-    manifest = write_manifest(planned.out, planned.request)
+    manifest = write_manifest(planned.out, planned.request, SamplerSpec(**planned.model["spec"]).class_names)
     return {"out_dir": str(planned.out), "manifest": str(manifest), "model_version": planned.model["version"],
             "rows": planned.request.num_samples}
 

@@ -3,7 +3,7 @@ in, its samples out, the very draws `vae-pipeline generate` writes for the same 
 
 Input: one row per request, the fields of `vae_model.config.SampleRequest` as columns, its
 defaults for those left out: `num_samples` (required), `seed`, `labels` ("3", "0,1,2" or
-"0:0.7,1:0.3"), `temperature` and `shard_size` (part of what defines the draws). Output: a row
+"0:0.7,1:0.3", by number or by the model's class names), `temperature` and `shard_size` (part of what defines the draws). Output: a row
 per sample, `request` (the input row), `sample_id`, `label` (null for an unconditional model) and
 `pixels` (uint8, C*H*W). The weights are the artifact `weights.pt` (vae_model.weights), read with
 `weights_only=True`; the package `vae_model` must be importable.
@@ -43,7 +43,7 @@ class SampleRequests(PythonModel):
         given = {k: v for k, v in row.items() if not (v is None or (isinstance(v, float) and np.isnan(v)))}
         if "num_samples" not in given:
             raise KeyError("num_samples")
-        return Request.of(SampleRequest(**given), self.spec.num_classes)
+        return Request.of(SampleRequest(**given), self.spec.num_classes, class_names=self.spec.class_names)
 
     def samples(self, request: Request) -> pd.DataFrame:
         with one_torch_thread():

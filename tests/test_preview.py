@@ -46,6 +46,20 @@ def test_conditional_preview_has_a_row_per_label_headed_by_it():
     assert (first == images[1, 0, 0, 0]).all()
 
 
+def test_named_classes_head_their_rows_in_a_margin_that_fits_the_names():
+    images, labels = _images(60), np.arange(60) % 3
+    numbered, _ = preview(images, labels)
+    named, shown = preview(images, labels, ("cat", "dog", "hedgehog"))
+    digits_margin = 28
+    margin = named.shape[2] - (numbered.shape[2] - digits_margin)
+    assert shown == 3 * 8 and named.shape[1] == numbered.shape[1] and margin > digits_margin
+    assert np.array_equal(named[:, :, margin:], numbered[:, :, digits_margin:])  # the same grid beside it
+    cell = named.shape[1] // 3
+    written = (named[:, 2 + 2 * cell : 3 * cell, :margin] > 200).all(axis=0).any(axis=0)
+    columns = np.flatnonzero(written)
+    assert columns.max() > digits_margin and columns.max() < margin  # "hedgehog": wider than a digit's band, inside its own
+
+
 def test_png_encoding_keeps_grey_and_rgb_pixels_and_channel_order():
     grey = _images(1, 28)[0]
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png(grey)))), grey[0])

@@ -140,7 +140,7 @@ def make_shard(decode: Decoder, spec: SamplerSpec, request: Request, shard: int,
                 if len(pending) > PNG_BLOCKS_IN_FLIGHT:
                     pngs.extend(pending.popleft().result())
             if shard == 0 and ids[0] == 0:
-                preview = save_preview(out / "preview.png", images, labels)
+                preview = save_preview(out / "preview.png", images, labels, spec.class_names)
         while pending:
             pngs.extend(pending.popleft().result())
     files: list[dict[str, Any]] = []
@@ -188,7 +188,7 @@ def sample_model(model: VAE, request: Request, out_dir: str | Path) -> Path:
     `vae_model.model.VAE`: the same draws `generate` makes from its registered version."""
     out = prepare_output(out_dir, request, overwrite=True)
     make_shards(Sampler.of(model), SamplerSpec.of(model.cfg), request, out)
-    write_manifest(out, request)
+    write_manifest(out, request, model.cfg.class_names)
     return out
 
 
@@ -231,8 +231,9 @@ def prepare_output(out_dir: str | Path, request: Request, overwrite: bool) -> Pa
     return out
 
 
-def write_manifest(out: Path, request: Request) -> Path:
-    """Gather the shard records into `manifest.json`, written last: its presence says the request is complete."""
+def write_manifest(out: Path, request: Request, class_names: tuple[str, ...] = ()) -> Path:
+    """Gather the shard records into `manifest.json`, written last: its presence says the request
+    is complete. `class_names`: the name of each label, where the model's classes have names."""
     files: list[dict[str, Any]] = []
     missing = []
     for shard in range(num_shards(request)):
@@ -248,6 +249,7 @@ def write_manifest(out: Path, request: Request) -> Path:
         "rows": request.num_samples,
         "shards": num_shards(request),
         "decode_block": sampling.DECODE_BLOCK,
+        **({"class_names": list(class_names)} if class_names else {}),
         "files": files,
     }
     write_json(out / "manifest.json", manifest, indent=None)

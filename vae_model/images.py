@@ -23,7 +23,7 @@ def sample_grid(model: VAE, n: int = 80, seed: int = 0) -> np.ndarray:
     noise, uniform = torch.randn(n, cfg.latent_dim, generator=generator), torch.rand(n, 1, generator=generator)
     labels = np.arange(n) % cfg.num_classes if cfg.conditional else None
     pixels = Sampler.of(model)(sampler_input(noise, uniform, labels, cfg.num_classes).to(device))
-    return preview(to_uint8(pixels, (cfg.channels, cfg.height, cfg.width)), labels)[0]
+    return preview(to_uint8(pixels, (cfg.channels, cfg.height, cfg.width)), labels, cfg.class_names)[0]
 
 
 @torch.no_grad()

@@ -97,4 +97,7 @@ def unscorable(model: VAE, data: ImageData) -> str | None:
         return f"it models {cfg.channels}x{cfg.height}x{cfg.width} images, the data is {'x'.join(map(str, data.shape))}"
     if cfg.conditional and (data.labels is None or data.num_classes > cfg.num_classes):
         return f"it is conditional on {cfg.num_classes} classes, the data has {data.num_classes or 'no'} labels"
+    if cfg.conditional and cfg.class_names and data.class_names and cfg.class_names != data.class_names:
+        # A class folder added or renamed renumbers the others: label 0 would mean another class.
+        return f"its classes are {', '.join(cfg.class_names)}, the data's are {', '.join(data.class_names)}"
     return None

@@ -38,6 +38,11 @@ class VAEConfig:
     learn_scale: bool = True
     # Components of the latent mixture fitted after training, per class (vae_model.prior); 0: N(0, I).
     prior_components: int = 50
+    # The name of each class (an image folder's class folders); empty: the labels are their own names.
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.class_names = tuple(self.class_names)  # a list, once read back from JSON or YAML
 
     @property
     def input_dim(self) -> int:
@@ -48,7 +53,7 @@ class VAEConfig:
         return self.num_classes > 0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "class_names": list(self.class_names)}
 
 
 def _mlp(sizes: list[int], activation: str) -> nn.Sequential:

@@ -129,10 +129,11 @@ PREVIEW_CELL = 56
 PREVIEW_COLUMNS = 8
 
 
-def preview(images: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, int]:
+def preview(images: np.ndarray, labels: np.ndarray | None, class_names: tuple[str, ...] = ()) -> tuple[np.ndarray, int]:
     """uint8 (3, H', W') grid of samples to look at: 8 rows of 8 for an unconditional model; for
     a conditional one, a row per label (the first 8 samples of each, at most 10 labels), each
-    row headed by its label. Returns the grid and how many samples it shows."""
+    row headed by its label's name (`class_names`, else its number). Returns the grid and how
+    many samples it shows."""
     if labels is None:
         chosen, heads = images[: PREVIEW_COLUMNS * 8], None
     else:
@@ -141,25 +142,27 @@ def preview(images: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, 
         width = max(len(r) for r in rows)
         blank = np.zeros_like(images[:1])
         chosen = np.concatenate([np.concatenate([images[r]] + [blank] * (width - len(r))) for r in rows])
-        heads = [str(c) for c in classes]
+        heads = [class_names[c] if c < len(class_names) else str(c) for c in classes]
     scale = -(-PREVIEW_CELL // max(images.shape[2:]))
     big = chosen.repeat(scale, axis=2).repeat(scale, axis=3)
     canvas = grid(big, PREVIEW_COLUMNS if heads is None else len(chosen) // len(heads))
     if heads is None:
         return canvas, len(chosen)
     cell = big.shape[2] + 2
-    margin = 28
+    font = ImageFont.load_default(size=16)
+    margin = max(28, 12 + int(max(font.getlength(head) for head in heads)))  # 28: the width digits got
     picture = Image.new("RGB", (canvas.shape[2] + margin, canvas.shape[1]), (128, 128, 128))
     picture.paste(Image.fromarray(canvas.transpose(1, 2, 0)), (margin, 0))
-    draw, font = ImageDraw.Draw(picture), ImageFont.load_default(size=16)
+    draw = ImageDraw.Draw(picture)
     for i, head in enumerate(heads):
         draw.text((margin // 2, 2 + i * cell + cell // 2), head, fill=(255, 255, 255), font=font, anchor="mm")
     return np.asarray(picture).transpose(2, 0, 1), sum(len(r) for r in rows)
 
 
-def save_preview(path: Path, images: np.ndarray, labels: np.ndarray | None = None) -> int:
+def save_preview(path: Path, images: np.ndarray, labels: np.ndarray | None = None,
+                 class_names: tuple[str, ...] = ()) -> int:
     """`preview` of uint8 images (n, C, H, W) and their labels, as a PNG; returns the samples shown."""
-    picture, shown = preview(images, labels)
+    picture, shown = preview(images, labels, class_names)
     with atomic_path(path) as tmp:
         tmp.write_bytes(encode_png(picture))
     return shown

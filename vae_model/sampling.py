@@ -44,10 +44,18 @@ class SamplerSpec:
     height: int
     width: int
     num_classes: int = 0
+    class_names: tuple[str, ...] = ()  # empty: the labels are their own names
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_names", tuple(self.class_names))  # a list, once through JSON
 
     @classmethod
     def of(cls, cfg: VAEConfig) -> SamplerSpec:
-        return cls(cfg.latent_dim, cfg.channels, cfg.height, cfg.width, cfg.num_classes)
+        return cls(cfg.latent_dim, cfg.channels, cfg.height, cfg.width, cfg.num_classes, cfg.class_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON gives it back (what a task passes on, and the MLmodel metadata records)."""
+        return {**asdict(self), "class_names": list(self.class_names)}
 
 
 @dataclass(frozen=True)
@@ -68,10 +76,10 @@ class Request:
 
     @classmethod
     def of(cls, asked: SampleRequest, num_classes: int, model_uri: str = "", model_name: str = "",
-           model_version: str = "") -> Request:
-        """`asked` of a model with `num_classes` classes (0: unconditional); the model's names only
-        label files, they play no part in the draws."""
-        labels, proportions = parse_labels(asked.labels, num_classes)
+           model_version: str = "", class_names: tuple[str, ...] = ()) -> Request:
+        """`asked` of a model with `num_classes` classes (0: unconditional), labels given by number
+        or by `class_names`; the model's names only label files, they play no part in the draws."""
+        labels, proportions = parse_labels(asked.labels, num_classes, class_names=class_names)
         return cls(asked.num_samples, asked.seed, model_uri, model_name, model_version, tuple(asked.formats),
                    asked.shard_size, labels, proportions, asked.temperature)
 
@@ -84,8 +92,10 @@ class Request:
         return cls(**{**data, "formats": tuple(data["formats"]), "labels": None if labels is None else tuple(labels)})
 
 
-def parse_labels(text: str | None, num_classes: int, key: str = "labels") -> tuple[tuple[float, ...] | None, bool]:
-    """`3` or `0,1,2` (cycled) or `0:0.5,1:0.5` (proportions over classes); errors name `key`."""
+def parse_labels(text: str | None, num_classes: int, key: str = "labels",
+                 class_names: tuple[str, ...] = ()) -> tuple[tuple[float, ...] | None, bool]:
+    """`3` or `0,1,2` (cycled) or `0:0.5,1:0.5` (proportions over classes), each label a number or
+    one of `class_names`; errors name `key`."""
     if text is None or text == "":
         if num_classes:
             return tuple(range(num_classes)), False
@@ -97,18 +107,22 @@ def parse_labels(text: str | None, num_classes: int, key: str = "labels") -> tup
             weights = [0.0] * num_classes
             for item in text.split(","):
                 label, weight = item.split(":")
-                weights[_label(label, num_classes, key)] = float(weight)
+                weights[_label(label, num_classes, key, class_names)] = float(weight)
             if any(w < 0 for w in weights) or sum(weights) <= 0:
                 raise ValueError
             return tuple(w / sum(weights) for w in weights), True
-        return tuple(float(_label(item, num_classes, key)) for item in text.split(",")), False
+        return tuple(float(_label(item, num_classes, key, class_names)) for item in text.split(",")), False
     except ValueError:
         raise UserError(
             f"{key} {text!r}: expected a label, a list such as 0,1,2 or proportions such as 0:0.7,1:0.3"
+            + (f" (labels by number or by name: {', '.join(class_names)})" if class_names else "")
         ) from None
 
 
-def _label(text: str, num_classes: int, key: str) -> int:
+def _label(text: str, num_classes: int, key: str, class_names: tuple[str, ...] = ()) -> int:
+    # A name first: a class folder may well be called "3".
+    if text.strip() in class_names:
+        return class_names.index(text.strip())
     value = int(text)
     if not 0 <= value < num_classes:
         raise UserError(f"{key}: label {value} is outside 0..{num_classes - 1}")

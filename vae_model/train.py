@@ -44,7 +44,7 @@ def vae_config(model: ModelConfig, data: ImageData) -> VAEConfig:
     c, h, w = data.shape
     # The config's fields as they are, plus what the data decides: the image shape and the classes.
     return VAEConfig(channels=c, height=h, width=w, num_classes=data.num_classes if model.conditional else 0,
-                     **model.model_dump(exclude={"conditional"}))
+                     class_names=data.class_names if model.conditional else (), **model.model_dump(exclude={"conditional"}))
 
 
 def make_optimizer(model: VAE, lr: float) -> torch.optim.Optimizer:

@@ -19,6 +19,8 @@ class ImageData:
     source: str
     # Facts about the input worth recording but not refusing, e.g. a file that is not the published one.
     notes: tuple[str, ...] = ()
+    # The name of each label (an image folder's class folders); empty: the labels are their own names.
+    class_names: tuple[str, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -26,6 +28,8 @@ class ImageData:
 
     @property
     def num_classes(self) -> int:
+        if self.class_names:
+            return len(self.class_names)  # a named class may be absent from one split
         return 0 if self.labels is None else int(self.labels.max()) + 1
 
     def __len__(self) -> int:
@@ -33,7 +37,7 @@ class ImageData:
 
     def subset(self, index: np.ndarray) -> ImageData:
         labels = None if self.labels is None else self.labels[index]
-        return ImageData(self.images[index], labels, self.source, self.notes)
+        return ImageData(self.images[index], labels, self.source, self.notes, self.class_names)
 
     def check(self, min_examples: int = 1, num_classes: int | None = None) -> ImageData:
         """Raise a UserError naming the source when the arrays are not a usable image dataset."""
@@ -53,6 +57,8 @@ class ImageData:
             if len(y) and y.min() < 0:
                 row = int(np.argmin(y))
                 raise UserError(f"{self.source}: row {row}: label {y[row]} is negative")
+            if self.class_names and len(y) and y.max() >= len(self.class_names):
+                raise UserError(f"{self.source}: label {y.max()} has no name among {len(self.class_names)} class names")
             if num_classes is not None and len(y) and y.max() >= num_classes:
                 row = int(np.argmax(y))
                 raise UserError(

@@ -2,13 +2,15 @@
 
 Schema: `split` (string: train or val), `label` (int64, null when unlabelled) and `pixels`
 (fixed_size_binary of C*H*W uint8 values in C, H, W order); the file metadata holds `channels`,
-`height`, `width`, `source` and `sha256`. The hash covers the shape, the pixels, the labels and
-the split of every row, so it names the data, not the Parquet encoding.
+`height`, `width`, `source`, `sha256` and, for named classes, `class_names` (a JSON list). The
+hash covers the shape, the pixels, the labels and the split of every row, and the class names
+where there are any, so it names the data, not the Parquet encoding.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,8 @@ def content_hash(train: ImageData, val: ImageData) -> str:
         digest.update(np.ascontiguousarray(split.images).tobytes())
         labels = split.labels if split.labels is not None else np.full(len(split), -1, np.int64)
         digest.update(labels.astype("<i8").tobytes())
+    if train.class_names:  # unnamed data keeps the hash it had before names were recorded
+        digest.update(json.dumps(train.class_names).encode())
     return digest.hexdigest()
 
 
@@ -49,6 +53,8 @@ def write_snapshot(train: ImageData, val: ImageData, folder: str | Path) -> tupl
         columns["pixels"].append(pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n, [None, flat]))
     table = pa.table({k: pa.concat_arrays(v) for k, v in columns.items()})
     meta = {"channels": c, "height": h, "width": w, "source": train.source, "sha256": sha}
+    if train.class_names:
+        meta["class_names"] = json.dumps(train.class_names)
     table = table.replace_schema_metadata({k: str(v) for k, v in meta.items()})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
@@ -67,8 +73,9 @@ def read_snapshot(path: str | Path) -> tuple[ImageData, ImageData]:
     images = flat.reshape(-1, *shape)
     label_col = table.column("label")
     labels = None if label_col.null_count == len(label_col) else label_col.to_numpy().astype(np.int64)
+    names = tuple(json.loads(meta.get("class_names", "[]")))
     out = []
     for name in ("train", "val"):
         mask = split == name
-        out.append(ImageData(images[mask], None if labels is None else labels[mask], meta["source"]))
+        out.append(ImageData(images[mask], None if labels is None else labels[mask], meta["source"], class_names=names))
     return out[0], out[1]

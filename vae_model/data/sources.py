@@ -132,7 +132,7 @@ def _imagefolder(cfg: DataConfig) -> ImageData:
             decoded.append((_decode(file, str(file)), str(file)))
             labels.append(label)
     images = _stack(decoded, cfg, str(root))
-    return ImageData(images, np.asarray(labels, dtype=np.int64), f"imagefolder:{root}").check()
+    return ImageData(images, np.asarray(labels, dtype=np.int64), f"imagefolder:{root}", class_names=tuple(classes)).check()
 
 
 def _parquet(cfg: DataConfig) -> ImageData:
@@ -148,9 +148,9 @@ def _parquet(cfg: DataConfig) -> ImageData:
         raise UserError(f"{path}: not a readable Parquet file ({exc})") from None
     if table.num_rows == 0:
         raise UserError(f"{path}: the table is empty")
-    labels = None
+    labels, names = None, ()
     if cfg.label_column in table.column_names:
-        labels = _labels(table.column(cfg.label_column), path, cfg.label_column)
+        labels, names = _labels(table.column(cfg.label_column), path, cfg.label_column)
         table = table.drop_columns([cfg.label_column])
     if cfg.image_column in table.column_names:
         column = table.column(cfg.image_column)
@@ -165,18 +165,26 @@ def _parquet(cfg: DataConfig) -> ImageData:
         images = _stack(decoded, cfg, str(path))
     else:
         images = _pixel_columns(table, path, cfg)
-    return ImageData(images, labels, f"parquet:{path}").check()
+    return ImageData(images, labels, f"parquet:{path}", class_names=names).check()
 
 
-def _labels(column, path: Path, name: str) -> np.ndarray:
+def _labels(column, path: Path, name: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Integer labels as they are; class names (strings) numbered in sorted order, as an image
+    folder's class folders are."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    if not pa.types.is_integer(column.type):
-        raise UserError(f"{path}: column '{name}' is {column.type}, expected integer class labels")
+    text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+    if not (pa.types.is_integer(column.type) or text):
+        raise UserError(f"{path}: column '{name}' is {column.type}, expected integer class labels or class names (strings)")
     if column.null_count:
         row = column.to_pylist().index(None)
         raise UserError(f"{path}: row {row}, column '{name}': missing label")
-    return column.to_numpy().astype(np.int64)
+    if not text:
+        return column.to_numpy().astype(np.int64), ()
+    names = pc.unique(column).to_pylist()
+    names.sort()
+    return pc.index_in(column, value_set=pa.array(names, column.type)).to_numpy().astype(np.int64), tuple(names)
 
 
 def _pixel_columns(table, path: Path, cfg: DataConfig) -> np.ndarray:
