@@ -85,7 +85,9 @@ def test_a_model_of_named_classes_generates_and_serves_by_name(workdir):
     train_data, val_data = load_source(DataConfig(kind="imagefolder", path=str(_folder(workdir / "data"))))
     model_cfg = vae_config(ModelConfig(latent_dim=4, hidden_dim=32, conditional=True, prior_components=2), train_data)
     model = train(model_cfg, TrainConfig(epochs=2, progress=False), train_data, val_data).model.eval()
-    with mlflow.start_run():
+    # Its own experiment: another test's may be the active one, in a store that is gone.
+    experiment = MlflowClient().create_experiment("named", artifact_location=str(workdir / "artifacts"))
+    with mlflow.start_run(experiment_id=experiment):
         version = mlflow.register_model(f"models:/{log_sampler(model)}", "named")
     MlflowClient().set_registered_model_alias("named", "champion", version.version)
 
