@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 
 from flows.request import generate_here
 from flows.train import log_sampler
+from tests.conftest import MNIST_RAW, needs_mnist
 from tests.reliability.corpus import png_bytes
 from vae_model.config import DataConfig, ModelConfig, SampleRequest, TrainConfig
 from vae_model.data import load_source, read_snapshot, write_snapshot
@@ -116,3 +117,13 @@ def test_a_champion_of_other_class_names_is_not_scored_on_renumbered_labels(tmp_
     assert unscorable(champion, train_data) is None
     # Numbered labels on either side: numbers are all there is to go by, as before names existed.
     assert unscorable(champion, ImageData(train_data.images, train_data.labels, "numbered")) is None
+
+
+@needs_mnist
+def test_fashion_mnist_classes_have_their_published_names_and_mnist_digits_none():
+    # MNIST's files stand in for Fashion-MNIST's here: same names and layout (its md5 becomes a note).
+    fashion, _ = load_source(DataConfig(kind="fashion_mnist", path=str(MNIST_RAW)))
+    assert fashion.class_names[:2] == ("T-shirt/top", "Trouser") and fashion.num_classes == 10
+    assert parse_labels("Ankle boot:0.5,Trouser:0.5", 10, class_names=fashion.class_names) == parse_labels("9:0.5,1:0.5", 10)
+    digits, _ = load_source(DataConfig(kind="mnist", path=str(MNIST_RAW)))
+    assert digits.class_names == ()

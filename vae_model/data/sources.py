@@ -52,8 +52,14 @@ def _torchvision_mnist(cfg: DataConfig) -> tuple[ImageData, ImageData]:
         raise UserError(f"{download_root}: cannot read {cls.__name__} ({exc})") from None
     name = f"{cfg.kind}:download"
     return tuple(  # type: ignore[return-value]
-        ImageData(s.data.numpy()[:, None].copy(), s.targets.numpy().astype(np.int64), name) for s in splits
+        ImageData(s.data.numpy()[:, None].copy(), s.targets.numpy().astype(np.int64), name, class_names=_class_names(cls))
+        for s in splits
     )
+
+
+def _class_names(cls) -> tuple[str, ...]:
+    # Fashion-MNIST's classes have names ("T-shirt/top", ...); MNIST's digits are their own.
+    return () if cls.__name__ == "MNIST" else tuple(cls.classes)
 
 
 def _local_mnist(cfg: DataConfig, cls) -> tuple[ImageData, ImageData]:
@@ -78,7 +84,7 @@ def _local_mnist(cfg: DataConfig, cls) -> tuple[ImageData, ImageData]:
     if differing:
         note = (f"md5 differs from the published {cls.__name__} gz files for {', '.join(differing)} (a re-compressed "
                 "or uncompressed copy, or other data; its IDX content passed the checks)")
-    return tuple(ImageData(x, y, name, notes=(note,)) for x, y in splits)  # type: ignore[return-value]
+    return tuple(ImageData(x, y, name, notes=(note,), class_names=_class_names(cls)) for x, y in splits)  # type: ignore[return-value]
 
 
 def _decode(data: bytes | Path, where: str) -> Image.Image:
