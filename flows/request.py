@@ -28,6 +28,10 @@ class Planned:
     request: Request
     out: Path
 
+    @property
+    def spec(self) -> SamplerSpec:
+        return SamplerSpec(**self.model["spec"])
+
 
 def default_out_dir(request: Request) -> Path:
     """A folder per model version and request, so that two requests never share one:
@@ -50,7 +54,7 @@ def plan(model_uri: str, request: SampleRequest, out_dir: str | None = None, ove
 
 def finish(planned: Planned) -> dict[str, Any]:
     """Write the manifest (last) and say where the request's files are."""
-    manifest = write_manifest(planned.out, planned.request, SamplerSpec(**planned.model["spec"]).class_names)
+    manifest = write_manifest(planned.out, planned.request, planned.spec.class_names)
     return {"out_dir": str(planned.out), "manifest": str(manifest), "model_version": planned.model["version"],
             "rows": planned.request.num_samples}
 
@@ -59,5 +63,5 @@ def generate_here(model_uri: str, request: SampleRequest, out_dir: str | None = 
     """The whole request in this process (`plan`'s arguments): shards on a thread each, one per core at a time."""
     planned = plan(model_uri, request, out_dir, **options)
     decode = registered_model.load_sampler(planned.model["name"], planned.model["version"])
-    make_shards(decode, SamplerSpec(**planned.model["spec"]), planned.request, planned.out, cores())
+    make_shards(decode, planned.spec, planned.request, planned.out, cores())
     return finish(planned)

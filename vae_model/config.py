@@ -55,7 +55,7 @@ class TrainConfig(Section):
     # much training when resumed. 0: after every epoch.
     checkpoint_every_s: float = Field(10.0, ge=0)
     # CUDA only: forward and backward replayed as CUDA graphs (vae_model.train._graphed_step);
-    # ignored on CPU, where torch.compile gained under 10 % for seconds of compilation.
+    # ignored on CPU, where compiling the step did not pay for its compilation time.
     compile: bool = False
     # Importance samples per example in the training objective: 1 trains on the ELBO; k > 1 on the
     # IWAE bound with DReG encoder gradients (vae_model.loss.iw_objective), a tighter bound on

@@ -47,7 +47,7 @@ def vae_config(model: ModelConfig, data: ImageData) -> VAEConfig:
                      class_names=data.class_names if model.conditional else (), **model.model_dump(exclude={"conditional"}))
 
 
-def make_optimizer(model: VAE, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     try:
         # The fused kernel does the whole update in one pass: ~2x faster steps on CPU.

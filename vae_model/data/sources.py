@@ -188,8 +188,7 @@ def _labels(column, path: Path, name: str) -> tuple[np.ndarray, tuple[str, ...]]
         raise UserError(f"{path}: row {row}, column '{name}': missing label")
     if not text:
         return column.to_numpy().astype(np.int64), ()
-    names = pc.unique(column).to_pylist()
-    names.sort()
+    names = sorted(pc.unique(column).to_pylist())
     return pc.index_in(column, value_set=pa.array(names, column.type)).to_numpy().astype(np.int64), tuple(names)
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from vae_model.torch_state import torch_state
+from vae_model.train import make_optimizer
 from vae_model.weights import WEIGHTS_FILE, read_weights, save_weights
 
 FEATURE_DIM = 128
@@ -70,8 +71,7 @@ def train_classifier(spec: ClassifierSpec, images: np.ndarray, labels: np.ndarra
         return model.eval()
     x, y = as_inputs(images), torch.from_numpy(labels)
     generator = torch.Generator().manual_seed(spec.seed)
-    # One fused kernel per step instead of a dozen ops per parameter: the steps are this small.
-    optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr, fused=True)
+    optimizer = make_optimizer(model, spec.lr)  # fused: one kernel per step, and the steps are small
     # Adam's running averages fill with subnormal floats on images with many always-zero pixels,
     # which slows each step a hundredfold on CPU unless they are flushed to zero. Steps this small
     # do not split well across threads; on a busy machine two threads waiting for each other made
