@@ -1,6 +1,7 @@
 """A self-made 28x28 grey-level dataset of 10 classes, to check presets on data no config names.
 
     .venv/bin/python benchmarks/glyphs.py /tmp/glyphs [--count 37500] [--seed 0] [--format imagefolder|parquet]
+        [--style strokes|filled]
     .venv/bin/python benchmarks/quality.py --data /tmp/glyphs
 
 The letters A to J, one class each, rendered with Pillow from the TrueType fonts under
@@ -8,6 +9,12 @@ The letters A to J, one class each, rendered with Pillow from the TrueType fonts
 random stroke width, rotation, shear, scale and shift, then a slight blur; then framed as MNIST
 frames its digits: the glyph's longer side is brought to about 20 pixels and its centre of mass
 to the middle of the 28x28 frame (give or take the random shift). White on black, like MNIST.
+
+`--style filled` draws the same letters as grey-level objects instead, closer to Fashion-MNIST
+than to MNIST: heavier strokes make solid silhouettes, and each is filled with its own texture
+(a base grey, a linear shading, stripes of random period and angle, pixel noise), so the
+pixels take every grey level and not mostly 0 and 255. The letter, font, pose and frame of
+image i are those of the default style.
 
 Output, in a format the pipeline reads (vae_model/data/sources.py):
 - imagefolder (default): PATH/A/00000000.png ... PATH/J/..., data.kind=imagefolder;
@@ -68,7 +75,10 @@ def _centre(glyph: np.ndarray, dx: float, dy: float) -> np.ndarray:
     return np.asarray(framed, np.float32)
 
 
-def render(index: int, seed: int, fonts: list[Path], cache: dict) -> tuple[np.ndarray, int]:
+STYLES = ("strokes", "filled")
+
+
+def render(index: int, seed: int, fonts: list[Path], cache: dict, style: str = "strokes") -> tuple[np.ndarray, int]:
     """Image `index` of the dataset for `seed`: (28, 28) uint8 and its label."""
     rng = np.random.default_rng([seed, index])
     label = index % len(LETTERS)
@@ -78,6 +88,8 @@ def render(index: int, seed: int, fonts: list[Path], cache: dict) -> tuple[np.nd
         font = cache[path] = ImageFont.truetype(str(path), _FONT_PX)
     canvas = Image.new("L", (_CANVAS, _CANVAS), 0)
     stroke = int(rng.integers(0, 7))  # at 96 px: thin to heavy strokes
+    if style == "filled":
+        stroke += 10  # the letter's counters close: a solid silhouette
     ImageDraw.Draw(canvas).text((_CANVAS / 2, _CANVAS / 2), LETTERS[label], fill=255, font=font, anchor="mm",
                                 stroke_width=stroke, stroke_fill=255)
     # Rotation, shear and anisotropic scale about the canvas centre.
@@ -107,7 +119,21 @@ def render(index: int, seed: int, fonts: list[Path], cache: dict) -> tuple[np.nd
     array = np.asarray(image, np.float32)
     # Strokes reach full white as MNIST's do, whatever the blur took off.
     array = np.clip(np.rint(array * (255.0 / max(array.max(), 1.0))), 0, 255).astype(np.uint8)
+    if style == "filled":
+        array = _fill(array, np.random.default_rng([seed, index, 1]))
     return array, label
+
+
+def _fill(silhouette: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The silhouette (its grey level as coverage) filled with a random texture."""
+    ys, xs = np.indices((SIDE, SIDE), dtype=np.float64) / (SIDE - 1) - 0.5
+    shade, stripes = rng.uniform(0, 2 * np.pi, size=2)
+    texture = (rng.uniform(70, 230)
+               + rng.uniform(-60, 60) * (xs * np.cos(shade) + ys * np.sin(shade))
+               + rng.uniform(0, 40) * np.sin(2 * np.pi * (xs * np.cos(stripes) + ys * np.sin(stripes)) * SIDE
+                                         / rng.uniform(2.5, 8) + rng.uniform(0, 2 * np.pi))
+               + rng.normal(0, rng.uniform(0, 12), size=(SIDE, SIDE)))
+    return np.clip(np.rint(texture * (silhouette / 255.0)), 0, 255).astype(np.uint8)
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -116,50 +142,53 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def images(count: int, seed: int, fonts: list[Path]):
+def images(count: int, seed: int, fonts: list[Path], style: str = "strokes"):
     cache: dict = {}
     for i in range(count):
-        yield (i, *render(i, seed, fonts, cache))
+        yield (i, *render(i, seed, fonts, cache, style))
 
 
-def _write_imagefolder(tmp: Path, count: int, seed: int, fonts: list[Path]) -> None:
+def _write_imagefolder(tmp: Path, count: int, seed: int, fonts: list[Path], style: str) -> None:
     for letter in LETTERS:
         (tmp / letter).mkdir()
-    for i, array, label in images(count, seed, fonts):
+    for i, array, label in images(count, seed, fonts, style):
         (tmp / LETTERS[label] / f"{i:08d}.png").write_bytes(png_bytes(array))
 
 
-def _write_parquet(tmp: Path, count: int, seed: int, fonts: list[Path]) -> None:
+def _write_parquet(tmp: Path, count: int, seed: int, fonts: list[Path], style: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     pngs, labels = [], []
-    for _, array, label in images(count, seed, fonts):
+    for _, array, label in images(count, seed, fonts, style):
         pngs.append(png_bytes(array))
         labels.append(label)
     table = pa.table({"image": pa.array(pngs, pa.binary()), "label": pa.array(labels, pa.int64())})
     pq.write_table(table, tmp)
 
 
-def write(out: str | Path, count: int, seed: int = 0, fmt: str = "imagefolder", fonts: list[Path] | None = None) -> Path:
+def write(out: str | Path, count: int, seed: int = 0, fmt: str = "imagefolder", fonts: list[Path] | None = None,
+          style: str = "strokes") -> Path:
     """Write the dataset to `out`, which must not exist; returns `out`."""
     out = Path(out)
     if count < 1:
         raise SystemExit("--count: expected at least 1 image")
     if fmt not in ("imagefolder", "parquet"):
         raise SystemExit(f"--format: expected imagefolder or parquet, got {fmt!r}")
+    if style not in STYLES:
+        raise SystemExit(f"--style: expected one of {', '.join(STYLES)}, got {style!r}")
     if os.path.lexists(out):
         raise SystemExit(f"{out}: already exists; remove it or pick another path (it is never replaced)")
     fonts = fonts if fonts is not None else font_files()
     if fmt == "parquet":
         with atomic_path(out) as tmp:
-            _write_parquet(tmp, count, seed, fonts)
+            _write_parquet(tmp, count, seed, fonts, style)
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
     tmp.mkdir()  # the mode any new folder gets (umask applied), which the rename keeps
     try:
-        _write_imagefolder(tmp, count, seed, fonts)
+        _write_imagefolder(tmp, count, seed, fonts, style)
         os.rename(tmp, out)  # refused if a folder with files appeared at `out` meanwhile
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # the temporary folder this call made, only
@@ -174,12 +203,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="images in all (default 37,500: about 30,000 train and 7,500 held out at data.val_fraction=0.2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--format", choices=["imagefolder", "parquet"], default="imagefolder")
+    parser.add_argument("--style", choices=STYLES, default="strokes",
+                        help="strokes: white letters on black, like MNIST; filled: textured grey silhouettes")
     parser.add_argument("--fonts", default=FONT_DIR, help=f"folder searched for *.ttf (default {FONT_DIR})")
     args = parser.parse_args(argv)
     fonts = font_files(args.fonts)
     started = time.perf_counter()
-    write(args.out, args.count, args.seed, args.format, fonts)
-    print(f"{args.out}: {args.count} images of {', '.join(LETTERS)} ({args.format}, seed {args.seed}, "
+    write(args.out, args.count, args.seed, args.format, fonts, args.style)
+    print(f"{args.out}: {args.count} images of {', '.join(LETTERS)} ({args.format}, {args.style}, seed {args.seed}, "
           f"{len(fonts)} fonts from {args.fonts}) in {time.perf_counter() - started:.0f} s; "
           f"read with data.kind={args.format} data.path={args.out}", file=sys.stderr)
 

@@ -65,3 +65,21 @@ def test_an_existing_path_is_refused_and_left_alone(folder, tmp_path):
             glyphs.write(mine, 10, fmt=fmt)
     assert _files(mine) == {"keep.txt": b"a user's file"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no temporary left beside it
+
+
+def test_the_filled_style_draws_textured_grey_silhouettes_of_the_same_letters(folder, tmp_path):
+    filled = glyphs.write(tmp_path / "filled", COUNT, seed=0, style="filled")
+    assert _files(filled) == _files(glyphs.write(tmp_path / "again", COUNT, seed=0, style="filled"))
+    train, held = load_source(DataConfig(kind="imagefolder", path=str(filled), num_classes=10))
+    strokes, _ = load_source(DataConfig(kind="imagefolder", path=str(folder), num_classes=10))
+    assert train.class_names == strokes.class_names == tuple(glyphs.LETTERS)
+    pixels = np.concatenate([train.images, held.images]).ravel()
+    ink = pixels[pixels > 0]
+    # Every grey level in use, mostly mid-greys: not MNIST's strokes of 0 and 255.
+    assert len(np.unique(ink)) > 200
+    assert 60 < np.median(ink) < 200 and np.mean(ink == 255) < 0.05
+    ours, theirs = _files(filled), _files(folder)
+    assert ours.keys() == theirs.keys() and all(ours[name] != theirs[name] for name in ours)
+    with pytest.raises(SystemExit, match="--style: expected one of strokes, filled"):
+        glyphs.write(tmp_path / "bad", 10, style="stripes")
+    assert not (tmp_path / "bad").exists()
