@@ -46,6 +46,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from vae_model.atomic import atomic_path
 
 LETTERS = "ABCDEFGHIJ"
+STYLES = ("strokes", "filled")
 SIDE = 28
 FONT_DIR = "/usr/share/fonts/truetype"
 _CANVAS = 192  # glyphs are drawn large, transformed, then reduced: smooth edges like MNIST's
@@ -73,9 +74,6 @@ def _centre(glyph: np.ndarray, dx: float, dy: float) -> np.ndarray:
     image = Image.fromarray(pad, mode="F")
     framed = image.transform((SIDE, SIDE), Image.Transform.AFFINE, (1, 0, x0, 0, 1, y0), Image.Resampling.BILINEAR)
     return np.asarray(framed, np.float32)
-
-
-STYLES = ("strokes", "filled")
 
 
 def render(index: int, seed: int, fonts: list[Path], cache: dict, style: str = "strokes") -> tuple[np.ndarray, int]:
