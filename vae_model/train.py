@@ -56,6 +56,15 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr)
 
 
+def _initialised(model_cfg: VAEConfig, seed: int) -> VAE:
+    """A new model whose parameters are drawn from `seed`. Modules draw their initial weights from
+    torch's global generator: it is seeded inside a fork, so the caller's random stream goes on
+    as if training had not run. The model is built on the CPU, so only the CPU generator is touched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        return VAE(model_cfg)
+
+
 @dataclass
 class TrainResult:
     model: VAE
@@ -101,8 +110,7 @@ def train(
 def _train(model_cfg: VAEConfig, cfg: TrainConfig, train_data: ImageData, val_data: ImageData, binarize: str,
            checkpoint_path: str | Path | None, on_epoch: EpochCallback | None,
            on_checkpoint: CheckpointCallback | None, device: torch.device) -> TrainResult:
-    torch.manual_seed(cfg.seed)  # parameter initialisation
-    model = VAE(model_cfg).to(device)
+    model = _initialised(model_cfg, cfg.seed).to(device)
     optimizer = make_optimizer(model, cfg.lr)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     result = TrainResult(model)
