@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/quality.py [--only digits|mnist] [--raw ../shared/data/mnist/raw]
     .venv/bin/python benchmarks/quality.py --data PATH [--kind imagefolder|parquet]
+    .venv/bin/python benchmarks/quality.py --seed 1     # another training seed: is a figure robust?
 
 For each dataset, trains the seed's recipe ("before": an MLP VAE sampled from N(0, I), as the
 project shipped it) and the preset, draws samples exactly as the pipeline's evaluate
@@ -113,12 +114,15 @@ def main() -> None:
     parser.add_argument("--kind", choices=["imagefolder", "parquet"],
                         help="data.kind for --data (default: imagefolder for a folder, parquet for a file)")
     parser.add_argument("--raw", default=str(ROOT.parent / "shared" / "data" / "mnist" / "raw"))
+    parser.add_argument("--seed", type=int, default=None, help="train.seed for every recipe (default: each config's)")
     args = parser.parse_args()
     if args.kind and not args.data:
         parser.error("--kind goes with --data")
     if args.data and not Path(args.data).exists():
         parser.error(f"--data {args.data}: no such folder or file")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; samples per column as the pipeline's evaluate step draws")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; samples per column as the pipeline's evaluate step draws"
+          + (f"; train.seed={args.seed}" if args.seed is not None else ""))
+    seed = [] if args.seed is None else [f"train.seed={args.seed}"]
     cases = [
         ("digits, unconditional (`vae-pipeline run`)", "digits", []),
         ("digits, conditional", "digits", ["model.conditional=true", "data.num_classes=10"]),
@@ -141,7 +145,7 @@ def main() -> None:
             real = {}
             for label, recipes in (("before", BEFORE), ("after", AFTER)):
                 path, overrides = recipes[data]
-                figures, real, minutes = run(f"{data if kind is None else 'data'}-{label}", path, overrides + extra, raw,
+                figures, real, minutes = run(f"{data if kind is None else 'data'}-{label}", path, overrides + extra + seed, raw,
                                              Path(scratch), kind)
                 if label == "after":
                     columns["preset, z from N(0, I)"] = (figures[0], minutes)
