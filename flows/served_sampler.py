@@ -4,8 +4,8 @@ in, its samples out, the very draws `vae-pipeline generate` writes for the same 
 Input: one row per request, the fields of `vae_model.config.SampleRequest` as columns, its
 defaults for those left out: `num_samples` (required), `seed`, `labels` ("3", "0,1,2" or
 "0:0.7,1:0.3", by number or by the model's class names), `temperature` and `shard_size` (part of what defines the draws). Output: a row
-per sample, `request` (the input row), `sample_id`, `label` (null for an unconditional model) and
-`pixels` (uint8, C*H*W). The weights are the artifact `weights.pt` (vae_model.weights), read with
+per sample, `request` (the input row), `sample_id`, `label` (null for an unconditional model),
+`label_name` (its class name; null where the classes have no names) and `pixels` (uint8, C*H*W). The weights are the artifact `weights.pt` (vae_model.weights), read with
 `weights_only=True`; the package `vae_model` must be importable.
 """
 
@@ -50,9 +50,11 @@ class SampleRequests(PythonModel):
             blocks = [b for shard in range(num_shards(request)) for b in draw_shard(self.decode, self.spec, request, shard)]
         images = np.concatenate([images for _, images, _ in blocks]).reshape(request.num_samples, -1)
         labels = None if self.spec.num_classes == 0 else np.concatenate([labels for _, _, labels in blocks])
+        names = self.spec.class_names
         return pd.DataFrame({
             "sample_id": np.concatenate([ids for ids, _, _ in blocks]),
             "label": pd.array(labels if labels is not None else [None] * request.num_samples, dtype="Int64"),
+            "label_name": [names[v] for v in labels.tolist()] if labels is not None and names else [None] * request.num_samples,
             "pixels": list(images),
         })
 

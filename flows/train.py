@@ -93,6 +93,6 @@ def log_sampler(model: VAE) -> str:
             # project's package, installed where the model is served (as on Dask workers).
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas"],
             metadata={**model.cfg.to_dict(), "input": "a request per row: num_samples, seed, labels, temperature, shard_size",
-                      "output": "a row per sample: request, sample_id, label, pixels (uint8, C*H*W)"},
+                      "output": "a row per sample: request, sample_id, label, label_name, pixels (uint8, C*H*W)"},
         )
     return info.model_id

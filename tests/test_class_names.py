@@ -98,6 +98,9 @@ def test_a_model_of_named_classes_generates_and_serves_by_name(workdir):
     assert manifest["class_names"] == list(NAMES) and manifest["labels"] == [2.0, 0.0]
     samples = read_samples(out)
     assert set(samples.labels.tolist()) == {0, 2}
+    rows = pq.read_table(workdir / "samples" / "part-00000.parquet").to_pandas()
+    assert rows["label_name"].tolist() == [NAMES[v] for v in rows["label"]]
+    assert list(rows["label_name"].cat.categories) == list(NAMES)
     # The same request by number draws the same samples.
     by_number = generate_here("models:/named@champion", asked.model_copy(update={"labels": "2,0"}), str(workdir / "numbers"))
     assert np.array_equal(read_samples(by_number["out_dir"]).images, samples.images)
@@ -105,6 +108,7 @@ def test_a_model_of_named_classes_generates_and_serves_by_name(workdir):
     served = mlflow.pyfunc.load_model("models:/named@champion").predict(
         pd.DataFrame([{"num_samples": 24, "seed": 3, "labels": "hedgehog,cat"}]))
     assert served["label"].tolist() == samples.labels.tolist()
+    assert served["label_name"].tolist() == rows["label_name"].tolist()
     assert np.array_equal(np.stack(served["pixels"].to_list()), samples.images.reshape(24, -1))
 
 

@@ -56,8 +56,10 @@ def test_default_chain_trains_gates_registers_and_generates(cli, workdir):
     table = pq.read_table(out_dir / "part-00000.parquet")
     assert table.num_rows == 40
     assert table.column_names == [
-        "sample_id", "label", "pixels", "height", "width", "channels", "model_name", "model_version", "seed",
+        "sample_id", "label", "label_name", "pixels", "height", "width", "channels", "model_name", "model_version", "seed",
     ]
+    # Digits' classes have no names: the column is there, and null.
+    assert table.column("label_name").null_count == 40
     assert table.column("height")[0].as_py() == 8 and len(table.column("pixels")[0].as_py()) == 64
     assert len(list((out_dir / "images").rglob("*.png"))) == 40
     assert (out_dir / "preview.png").exists()

@@ -127,7 +127,8 @@ def make_shard(decode: Decoder, spec: SamplerSpec, request: Request, shard: int,
         stack.callback(_abandon, pending)
         write_rows = None
         if "parquet" in request.formats:
-            write_rows = stack.enter_context(parquet_shard(parquet_path, spec.channels * spec.height * spec.width, request, start))
+            write_rows = stack.enter_context(parquet_shard(parquet_path, spec.channels * spec.height * spec.width, request,
+                                                           start, spec.class_names))
         for ids, images, labels in draw_shard(decode, spec, request, shard):
             if write_rows is not None:
                 write_rows(images, labels, ids)

@@ -1,7 +1,8 @@
 """File formats of generated samples: Parquet shards and ImageFolder-style PNGs.
 
-Parquet schema (`SCHEMA`, one row per sample): `sample_id` int64 (0..N-1 across all shards),
-`label` int64 (null for an unconditional model), `pixels` fixed_size_binary(C*H*W) uint8 in C, H,
+Parquet schema (`schema`, one row per sample): `sample_id` int64 (0..N-1 across all shards),
+`label` int64 (null for an unconditional model), `label_name` dictionary-encoded string (the
+label's class name; null where the model's classes have no names), `pixels` fixed_size_binary(C*H*W) uint8 in C, H,
 W order, `height` int32, `width` int32, `channels` int32, `model_name` string, `model_version`
 string, `seed` int64. One row group per decoded block. The file metadata repeats the model URI,
 name and version, the seed, the first sample id and the tool version.
@@ -30,10 +31,15 @@ if TYPE_CHECKING:
 PNG_COMPRESS_LEVEL = 6
 
 
+# Dictionary-encoded: each shard stores the class names once, and pandas reads them as a categorical.
+LABEL_NAME = pa.dictionary(pa.int32(), pa.string())
+
+
 def schema(row_bytes: int) -> pa.Schema:
     return pa.schema([
         ("sample_id", pa.int64()),
         ("label", pa.int64()),
+        ("label_name", LABEL_NAME),
         ("pixels", pa.binary(row_bytes)),
         ("height", pa.int32()),
         ("width", pa.int32()),
@@ -44,12 +50,21 @@ def schema(row_bytes: int) -> pa.Schema:
     ])
 
 
-def samples_table(images: np.ndarray, labels: np.ndarray | None, ids: np.ndarray, request: Request) -> pa.Table:
+def label_names(labels: np.ndarray | None, class_names: tuple[str, ...], n: int) -> pa.Array:
+    """Each label's class name, or n nulls where there are no labels or the classes have no names."""
+    if labels is None or not class_names:
+        return pa.nulls(n, LABEL_NAME)
+    return pa.DictionaryArray.from_arrays(pa.array(labels, pa.int32()), pa.array(class_names, pa.string()))
+
+
+def samples_table(images: np.ndarray, labels: np.ndarray | None, ids: np.ndarray, request: Request,
+                  class_names: tuple[str, ...] = ()) -> pa.Table:
     n, c, h, w = images.shape
     flat = pa.py_buffer(np.ascontiguousarray(images).reshape(-1))
     columns = [
         pa.array(ids, pa.int64()),
         pa.array(labels, pa.int64()) if labels is not None else pa.nulls(n, pa.int64()),
+        label_names(labels, class_names, n),
         pa.FixedSizeBinaryArray.from_buffers(pa.binary(c * h * w), n, [None, flat]),
         pa.repeat(pa.scalar(h, pa.int32()), n),
         pa.repeat(pa.scalar(w, pa.int32()), n),
@@ -62,8 +77,10 @@ def samples_table(images: np.ndarray, labels: np.ndarray | None, ids: np.ndarray
 
 
 @contextlib.contextmanager
-def parquet_shard(path: Path, row_bytes: int, request: Request, first_id: int) -> Iterator[Callable[..., None]]:
-    """Yield `write(images, labels, ids)`, which appends one row group; the file appears whole on exit."""
+def parquet_shard(path: Path, row_bytes: int, request: Request, first_id: int,
+                  class_names: tuple[str, ...] = ()) -> Iterator[Callable[..., None]]:
+    """Yield `write(images, labels, ids)`, which appends one row group; the file appears whole on exit.
+    `class_names`: the model's, which fill the `label_name` column."""
     meta = {
         "model_uri": request.model_uri, "model_name": request.model_name,
         "model_version": request.model_version, "seed": str(request.seed),
@@ -76,7 +93,7 @@ def parquet_shard(path: Path, row_bytes: int, request: Request, first_id: int) -
     with atomic_path(path) as tmp, pq.ParquetWriter(
         tmp, columns, compression="snappy", use_dictionary=small, write_statistics=small
     ) as writer:
-        yield lambda images, labels, ids: writer.write_table(samples_table(images, labels, ids, request))
+        yield lambda images, labels, ids: writer.write_table(samples_table(images, labels, ids, request, class_names))
 
 
 def encode_png(image: np.ndarray) -> bytes:
