@@ -1,7 +1,9 @@
-"""Process-wide torch settings (thread count, flushing of subnormal floats), set for a scope only.
+"""Process-wide torch settings (thread count, flushing of subnormal floats, the global random
+generator), set for a scope only.
 
-Both settings belong to the calling thread and outlive any function that sets them, so a library
-that set them bare would change the speed and the bytes of its caller's next computation."""
+The thread count and denormal mode belong to the calling thread, the generator to the process;
+each outlives any function that sets it, so a library that set them bare would change the speed
+and the bytes of its caller's next computation."""
 
 from __future__ import annotations
 
@@ -30,3 +32,13 @@ def torch_state(threads: int | None = None, flush_denormal: bool | None = None) 
     finally:
         torch.set_num_threads(previous_threads)
         torch.set_flush_denormal(previous_flush)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's global CPU generator seeded with `seed`, then give the caller
+    back its own stream: for what can only draw from the global generator, such as the initial
+    weights of modules built on the CPU. Other devices' generators are not touched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        yield

@@ -24,7 +24,7 @@ from vae_model.likelihood import DeviceData, evaluate_elbo, held_out, to_device
 from vae_model.loss import elbo, iw_objective
 from vae_model.model import VAE, VAEConfig
 from vae_model.prior import fit_prior
-from vae_model.torch_state import torch_state
+from vae_model.torch_state import seeded, torch_state
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 CheckpointCallback = Callable[[int], None]
@@ -54,15 +54,6 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.Adam(params, lr=lr)
-
-
-def _initialised(model_cfg: VAEConfig, seed: int) -> VAE:
-    """A new model whose parameters are drawn from `seed`. Modules draw their initial weights from
-    torch's global generator: it is seeded inside a fork, so the caller's random stream goes on
-    as if training had not run. The model is built on the CPU, so only the CPU generator is touched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(seed)
-        return VAE(model_cfg)
 
 
 @dataclass
@@ -110,7 +101,9 @@ def train(
 def _train(model_cfg: VAEConfig, cfg: TrainConfig, train_data: ImageData, val_data: ImageData, binarize: str,
            checkpoint_path: str | Path | None, on_epoch: EpochCallback | None,
            on_checkpoint: CheckpointCallback | None, device: torch.device) -> TrainResult:
-    model = _initialised(model_cfg, cfg.seed).to(device)
+    with seeded(cfg.seed):  # parameter initialisation, built on the CPU
+        model = VAE(model_cfg)
+    model = model.to(device)
     optimizer = make_optimizer(model, cfg.lr)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     result = TrainResult(model)

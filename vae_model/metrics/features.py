@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vae_model.torch_state import torch_state
+from vae_model.torch_state import seeded, torch_state
 from vae_model.train import make_optimizer
 from vae_model.weights import WEIGHTS_FILE, read_weights, save_weights
 
@@ -64,8 +64,7 @@ def data_key(images: np.ndarray, labels: np.ndarray | None) -> str:
 
 def train_classifier(spec: ClassifierSpec, images: np.ndarray, labels: np.ndarray | None) -> DomainClassifier:
     """Seeded Adam on minibatches drawn with replacement; a fixed step count bounds the cost."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)  # weight initialisation only, without touching the caller's RNG
+    with seeded(spec.seed):  # weight initialisation only
         model = DomainClassifier(spec.input_dim, spec.num_classes)
     if labels is None:
         return model.eval()
