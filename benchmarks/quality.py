@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/quality.py [--only digits|mnist] [--raw ../shared/data/mnist/raw]
     .venv/bin/python benchmarks/quality.py --data PATH [--kind imagefolder|parquet]
     .venv/bin/python benchmarks/quality.py --seed 1     # another training seed: is a figure robust?
+    python3 benchmarks/quality.py --only mnist --device cuda   # the presets trained on a GPU
 
 For each dataset, trains the seed's recipe ("before": an MLP VAE sampled from N(0, I), as the
 project shipped it) and the preset, draws samples exactly as the pipeline's evaluate
@@ -51,11 +52,11 @@ AFTER = {"digits": (None, []), "mnist": ("configs/mnist-quality.yaml", [])}
 
 
 def run(name: str, path: str | None, overrides: list[str], raw: str | None, scratch: Path,
-        kind: str | None = None) -> tuple[list[dict], dict, float]:
+        kind: str | None = None, device: str = "cpu") -> tuple[list[dict], dict, float]:
     """Train one recipe; evaluate its samples, and for a fitted prior also the same model's
     samples from N(0, I) (what the prior bought). Returns the figures (N(0, I) first), the real
     column and the training minutes. `raw` (and `kind`) replace the recipe's data source."""
-    cfg: PipelineConfig = load_config(ROOT / (path or "configs/default.yaml"), overrides + ["train.progress=false", "train.device=cpu"])
+    cfg: PipelineConfig = load_config(ROOT / (path or "configs/default.yaml"), overrides + ["train.progress=false", f"train.device={device}"])
     if kind is not None:
         cfg.data.kind = kind
     if raw is not None:
@@ -115,12 +116,15 @@ def main() -> None:
                         help="data.kind for --data (default: imagefolder for a folder, parquet for a file)")
     parser.add_argument("--raw", default=str(ROOT.parent / "shared" / "data" / "mnist" / "raw"))
     parser.add_argument("--seed", type=int, default=None, help="train.seed for every recipe (default: each config's)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="train.device for every recipe")
     args = parser.parse_args()
     if args.kind and not args.data:
         parser.error("--kind goes with --data")
     if args.data and not Path(args.data).exists():
         parser.error(f"--data {args.data}: no such folder or file")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; samples per column as the pipeline's evaluate step draws"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, training on {args.device}; samples per column as the pipeline's evaluate step draws"
           + (f"; train.seed={args.seed}" if args.seed is not None else ""))
     seed = [] if args.seed is None else [f"train.seed={args.seed}"]
     cases = [
@@ -146,7 +150,7 @@ def main() -> None:
             for label, recipes in (("before", BEFORE), ("after", AFTER)):
                 path, overrides = recipes[data]
                 figures, real, minutes = run(f"{data if kind is None else 'data'}-{label}", path, overrides + extra + seed, raw,
-                                             Path(scratch), kind)
+                                             Path(scratch), kind, args.device)
                 if label == "after":
                     columns["preset, z from N(0, I)"] = (figures[0], minutes)
                 columns[label if label == "before" else "preset (fitted prior)"] = (figures[-1], minutes)
