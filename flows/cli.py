@@ -21,6 +21,7 @@ from typing import Annotated, Any, NoReturn  # noqa: E402
 import typer  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
+from flows import stopping  # noqa: E402
 from flows.config import PipelineConfig, load_config  # noqa: E402
 from vae_model.atomic import check_writable_dir  # noqa: E402
 from vae_model.config import SampleRequest  # noqa: E402
@@ -97,7 +98,9 @@ def run(
     else:
         from flows.steps import run_steps
 
-        _report(_in_process(lambda: run_steps(cfg, as_tasks=False), debug))
+        _report(_in_process(lambda: run_steps(cfg, as_tasks=False), debug,
+                            "its MLflow run is marked KILLED; a rerun starts over, or resumes training from its "
+                            "last checkpoint with train.resume=true", defer_stop=True))
         _exit_now()
 
 
@@ -129,10 +132,18 @@ def _exit_now() -> NoReturn:
     os._exit(0)
 
 
-def _in_process(request: Callable[[], Any], debug: bool) -> Any:
-    """Run a request without Prefect; a failure is one line, as from a flow."""
+def _in_process(request: Callable[[], Any], debug: bool, after_stop: str, defer_stop: bool = False) -> Any:
+    """Run a request without Prefect; a failure is one line, as from a flow. SIGTERM stops it as
+    Ctrl-C does (flows.stopping; where `defer_stop`, at the next safe point): one line with what
+    the user can do (`after_stop`), an MLflow run it made ends KILLED, exit code 128 + the signal."""
     try:
-        return request()
+        with stopping.on_signals(defer_stop):
+            return request()
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        sig = stopping.stopped_by()
+        _fail(f"stopped by {sig.name}: {after_stop}", 128 + sig)
     except UserError as exc:
         _fail(str(exc))
     except Exception as exc:
@@ -179,7 +190,8 @@ def generate(
     if not _as_flow(prefect, bool(dask_address or dask_workers)):
         from flows.request import generate_here
 
-        done = _in_process(lambda: generate_here(*args, overwrite=overwrite, tracking_uri=tracking_uri), debug)
+        done = _in_process(lambda: generate_here(*args, overwrite=overwrite, tracking_uri=tracking_uri), debug,
+                           "the same command again finishes the request where it stopped")
         typer.echo(json.dumps(done))
         _exit_now()
     if not debug:
@@ -213,7 +225,8 @@ def evaluate(
 
     args = (cfg, str(samples), model, None if data is None else str(data))
     if not _as_flow(prefect, dask=False):
-        typer.echo(json.dumps(_in_process(lambda: evaluate_folder(*args), debug)))
+        typer.echo(json.dumps(_in_process(lambda: evaluate_folder(*args), debug,
+                                                "its MLflow run is marked KILLED")))
         _exit_now()
     typer.echo(json.dumps(_finish(evaluate_flow()(*args, return_state=True), debug)))
 

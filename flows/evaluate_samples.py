@@ -55,8 +55,8 @@ def evaluate_folder(cfg: PipelineConfig, samples_dir: str, model_uri: str | None
         MlflowClient().set_tag(run_id, "evaluated_model", model_uri)
     try:
         result = (evaluate if as_task else evaluate.fn)(cfg, data, samples_dir, run_id)
-    except BaseException:
-        tracking.end_run(run_id, "FAILED")
+    except BaseException as exc:
+        tracking.end_run(run_id, tracking.status_after(exc))
         raise
     tracking.end_run(run_id, "FINISHED")
     return {**result, "run_id": run_id}

@@ -8,10 +8,11 @@ the record either way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flows import tracking
+from flows import stopping, tracking
 from flows.config import PipelineConfig
 from flows.evaluate import draw_samples, evaluate
 from flows.ingest import ingest
@@ -27,9 +28,19 @@ class GateRefused(UserError):
     """The model failed a quality gate: nothing was registered."""
 
 
+def _unless_stopped(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn`, which first stops where a signal asked the command to (flows.stopping)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        stopping.check()
+        return fn(*args, **kwargs)
+
+    return call
+
+
 def run_steps(cfg: PipelineConfig, as_tasks: bool) -> dict[str, Any]:
     """The job's steps in order, as Prefect tasks of the flow run or as plain calls in this process."""
-    step = (lambda task: task) if as_tasks else (lambda task: task.fn)
+    step = (lambda task: task) if as_tasks else (lambda task: _unless_stopped(task.fn))
     # Checked before any work so that a bad setting costs seconds and registers nothing.
     check_writable_dir(cfg.generate.out_dir, "generate.out_dir")
     run_id = tracking.start_run(cfg.tracking, run_name=f"{cfg.data.kind}-seed{cfg.train.seed}")
@@ -56,9 +67,9 @@ def run_steps(cfg: PipelineConfig, as_tasks: bool) -> dict[str, Any]:
             samples = generate(*args, tracking_uri=cfg.tracking.uri, dask_address=gen.dask_address,
                                dask_workers=gen.dask_workers)
         else:
-            samples = generate_here(*args, tracking_uri=cfg.tracking.uri)
-    except BaseException:
-        tracking.end_run(run_id, "FAILED")
+            samples = _unless_stopped(generate_here)(*args, tracking_uri=cfg.tracking.uri)
+    except BaseException as exc:
+        tracking.end_run(run_id, tracking.status_after(exc))
         raise
     tracking.end_run(run_id, "FINISHED")
     return {"run_id": run_id, "data": data, "gate": report["message"], "model": model, "samples": samples,

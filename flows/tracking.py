@@ -88,6 +88,12 @@ def end_run(run_id: str, status: str) -> None:
     MlflowClient().set_terminated(run_id, status)
 
 
+def status_after(exc: BaseException) -> str:
+    """How a run that raised `exc` ended: KILLED when the process was told to stop (Ctrl-C,
+    SIGTERM, Prefect's cancellation: not an `Exception`), FAILED when a step failed."""
+    return "FAILED" if isinstance(exc, Exception) else "KILLED"
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in tree.items():

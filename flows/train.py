@@ -15,7 +15,7 @@ from mlflow.entities import Metric
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from flows import tracking
+from flows import stopping, tracking
 from flows.config import PipelineConfig
 from flows.lazy_task import task
 from flows.retry import network
@@ -56,7 +56,7 @@ def train(cfg: PipelineConfig, data: dict[str, Any], run_id: str) -> dict[str, A
             pending.clear()
 
         result = fit(vae_config(cfg.model, train_data), train_cfg, train_data, val_data, cfg.data.binarize, ckpt,
-                     on_epoch, on_checkpoint)
+                     on_epoch, on_checkpoint, should_stop=stopping.requested)
         mlflow.set_tag("resumed_from_epoch", str(result.resumed_from_epoch))
         model = result.model.cpu().eval()
         examples = held_out(val_data, torch.device("cpu"), cfg.data.binarize, seed=cfg.train.seed)

@@ -7,24 +7,31 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import TINY
 
 
-def _command(cwd: Path, *args: str, api: str | None = None, python: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """The real `vae-pipeline` command in `cwd`, with its own MLflow store, and no Prefect API unless
-    `api` is given."""
+def _env(cwd: Path, api: str | None = None) -> dict[str, str]:
+    """The environment of a command in `cwd`: its own MLflow store, no Prefect API unless `api`."""
     cwd.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     store = f"sqlite:///{cwd / 'mlflow.db'}"
     env.update({"MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store, "PREFECT_HOME": str(cwd / ".prefect"),
                 **({"PREFECT_API_URL": api} if api else {})})
-    return subprocess.run([sys.executable, *python, "-m", "flows.cli", *args], cwd=cwd, env=env,
+    return env
+
+
+def _command(cwd: Path, *args: str, api: str | None = None, python: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """The real `vae-pipeline` command in `cwd`."""
+    return subprocess.run([sys.executable, *python, "-m", "flows.cli", *args], cwd=cwd, env=_env(cwd, api),
                           capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -75,6 +82,34 @@ def test_a_refused_model_in_process_is_one_line_and_registers_nothing(tmp_path):
     assert not (tmp_path / "outputs").exists()
     run = client.search_runs([client.get_experiment_by_name("vae-pipeline").experiment_id])[0]
     assert run.info.status == "FAILED" and run.data.tags["validation_status"] == "failed"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_in_training_stops_the_run_in_one_line_and_marks_it_killed(tmp_path, sig):
+    # SIGTERM is what `docker stop` or a service manager sends; SIGINT, Ctrl-C.
+    settings = [*TINY, "train.epochs=100000", "train.checkpoint_every_s=0"]
+    command = [sys.executable, "-m", "flows.cli", "run", *[a for s in settings for a in ("--set", s)]]
+    child = subprocess.Popen(command, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        checkpoints = tmp_path / ".vae-pipeline" / "checkpoints"
+        deadline = time.monotonic() + 120
+        while not (checkpoints.is_dir() and any(checkpoints.glob("*.pt"))):  # epoch 1 is done: in training
+            assert child.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.1)
+        child.send_signal(sig)
+        _, stderr = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 128 + sig, stderr[-2000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: stopped by {sig.name}: its MLflow run is marked KILLED")
+    assert "Traceback" not in stderr
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(store, store)
+    run = client.search_runs([client.get_experiment_by_name("vae-pipeline").experiment_id])[0]
+    assert run.info.status == "KILLED"
+    assert client.search_registered_models() == [] and not (tmp_path / "outputs").exists()
 
 
 def test_labels_the_model_cannot_take_are_refused_before_training(tmp_path):

@@ -15,7 +15,7 @@ import torch
 from vae_model.checkpoint import load_checkpoint
 from vae_model.config import DataConfig, ModelConfig, TrainConfig
 from vae_model.data.sources import load_source
-from vae_model.errors import TrainingDiverged
+from vae_model.errors import Stopped, TrainingDiverged
 from vae_model.train import cpu_has_native_bf16, lr_at, train, vae_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +100,23 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny, tmp_path, iw_sa
     for (name, a), (_, b) in zip(resumed.model.state_dict().items(), straight.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert load_checkpoint(ckpt)["epoch"] == EPOCHS
+
+
+def test_a_stop_asked_for_mid_epoch_raises_and_the_run_resumes_from_its_last_checkpoint(tiny, tmp_path):
+    train_data, val_data = tiny
+    model_cfg = vae_config(ModelConfig(latent_dim=4, hidden_dim=32), train_data)
+    cfg = TrainConfig(epochs=EPOCHS, batch_size=64, seed=5, device="cpu", progress=False, checkpoint_every_s=0)
+    steps = []  # 4 steps an epoch: stop before the third step of epoch 3
+    with pytest.raises(Stopped, match=r"^training stopped at epoch 3, step 3$"):
+        train(model_cfg, cfg, train_data, val_data, checkpoint_path=tmp_path / "stopped.pt",
+              should_stop=lambda: steps.append(1) or len(steps) > 10)
+    assert load_checkpoint(tmp_path / "stopped.pt")["epoch"] == 2
+
+    resumed = train(model_cfg, cfg.model_copy(update={"resume": True}), train_data, val_data,
+                    checkpoint_path=tmp_path / "stopped.pt")
+    straight = train(model_cfg, cfg, train_data, val_data)
+    assert resumed.resumed_from_epoch == 3
+    assert _without_time(resumed.history) == _without_time(straight.history)
 
 
 def test_checkpoints_are_throttled_in_time_and_the_last_epoch_always_has_one(tiny, tmp_path):

@@ -7,3 +7,8 @@ class UserError(Exception):
 
 class TrainingDiverged(UserError):
     """The loss became non-finite."""
+
+
+class Stopped(KeyboardInterrupt):
+    """The caller asked to stop (the trainer's `should_stop`, between two steps). A
+    KeyboardInterrupt, so that whatever cleans up after Ctrl-C cleans up after it too."""

@@ -19,7 +19,7 @@ import torch
 from vae_model.checkpoint import load_checkpoint, save_checkpoint
 from vae_model.config import ModelConfig, TrainConfig
 from vae_model.data.dataset import ImageData
-from vae_model.errors import TrainingDiverged, UserError
+from vae_model.errors import Stopped, TrainingDiverged, UserError
 from vae_model.likelihood import DeviceData, evaluate_elbo, held_out, to_device
 from vae_model.loss import elbo, iw_objective
 from vae_model.model import VAE, VAEConfig
@@ -86,21 +86,24 @@ def train(
     checkpoint_path: str | Path | None = None,
     on_epoch: EpochCallback | None = None,
     on_checkpoint: CheckpointCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train a VAE; call `on_epoch(epoch, metrics)` after each epoch (also for resumed ones), and
     `on_checkpoint(epoch)` after each checkpoint (at most every `train.checkpoint_every_s`, and
     after the last epoch; at the same points without a checkpoint path) and once for the
-    checkpoint a run resumes from."""
+    checkpoint a run resumes from. Where `should_stop()` turns true, raise `Stopped` before the
+    next step: the last checkpoint is where a resumed run starts."""
     device = resolve_device(cfg.device)
     # Adam's running averages fill with subnormal floats on sparse images; flushing them keeps
     # each CPU step's time flat.
     with torch_state(flush_denormal=True if device.type == "cpu" else None):
-        return _train(model_cfg, cfg, train_data, val_data, binarize, checkpoint_path, on_epoch, on_checkpoint, device)
+        return _train(model_cfg, cfg, train_data, val_data, binarize, checkpoint_path, on_epoch, on_checkpoint, device,
+                      should_stop or (lambda: False))
 
 
 def _train(model_cfg: VAEConfig, cfg: TrainConfig, train_data: ImageData, val_data: ImageData, binarize: str,
            checkpoint_path: str | Path | None, on_epoch: EpochCallback | None,
-           on_checkpoint: CheckpointCallback | None, device: torch.device) -> TrainResult:
+           on_checkpoint: CheckpointCallback | None, device: torch.device, should_stop: Callable[[], bool]) -> TrainResult:
     with seeded(cfg.seed):  # parameter initialisation, built on the CPU
         model = VAE(model_cfg)
     model = model.to(device)
@@ -142,7 +145,7 @@ def _train(model_cfg: VAEConfig, cfg: TrainConfig, train_data: ImageData, val_da
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, epoch)
             started = time.perf_counter()
-            train_elbo = _train_epoch(model, optimizer, step_fn, train_t, cfg, epoch, generator, progress)
+            train_elbo = _train_epoch(model, optimizer, step_fn, train_t, cfg, epoch, generator, progress, should_stop)
             epoch_seconds = time.perf_counter() - started
             val = evaluate_elbo(model, val_t, cfg.batch_size * 8, seed=cfg.seed)
             metrics = {
@@ -244,7 +247,8 @@ def _graphed_step(model: VAE, autocast):
     return step
 
 
-def _train_epoch(model, optimizer, step_fn, data: DeviceData, cfg: TrainConfig, epoch: int, generator, progress) -> float:
+def _train_epoch(model, optimizer, step_fn, data: DeviceData, cfg: TrainConfig, epoch: int, generator, progress,
+                 should_stop: Callable[[], bool]) -> float:
     n = len(data.x)
     device = data.x.device
     order = torch.randperm(n, generator=generator, device=device)
@@ -258,6 +262,8 @@ def _train_epoch(model, optimizer, step_fn, data: DeviceData, cfg: TrainConfig, 
     task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=n) if progress is not None else None
     checked = 0
     for step in range(steps):
+        if should_stop():
+            raise Stopped(f"training stopped at epoch {epoch}, step {step + 1}")
         index = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         x, y = data.batch(index, generator)
         loss, batch_elbo = step_fn(x, y, generator, _kl_weight(cfg, epoch, step, steps))
