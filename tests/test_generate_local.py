@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,13 +28,17 @@ def _tree(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _env(cwd: Path, store: str, api: str | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update({"MLFLOW_TRACKING_URI": store, "PREFECT_HOME": str(cwd / ".prefect"), **({"PREFECT_API_URL": api} if api else {})})
+    return env
+
+
 def _command(cwd: Path, store: str, *args: str, api: str | None = None) -> subprocess.CompletedProcess:
     """The real command, in a process with no Prefect API unless `api` is given; -X importtime
     lists every module it imported on stderr."""
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update({"MLFLOW_TRACKING_URI": store, "PREFECT_HOME": str(cwd / ".prefect"), **({"PREFECT_API_URL": api} if api else {})})
     return subprocess.run([sys.executable, "-X", "importtime", "-m", "flows.cli", "generate", "--model", "models:/cond@champion", *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
+                          cwd=cwd, env=_env(cwd, store, api), capture_output=True, text=True, timeout=300, check=False)
 
 
 def _imported(stderr: str) -> set[str]:
@@ -85,3 +91,28 @@ def test_without_out_each_request_gets_its_own_folder(prefect_server, store, tmp
     assert flow["out_dir"] == first["out_dir"]
     labelled = generate("models:/cond@champion", asked.model_copy(update={"labels": "3"}), tracking_uri=store)
     assert Path(labelled["out_dir"]).parent == root and labelled["out_dir"] != first["out_dir"]
+
+
+def test_sigterm_stops_a_request_after_the_shards_being_made_and_the_same_command_finishes_it(store, tmp_path):
+    request = ["--num-samples", "40000", "--shard-size", "100", "--seed", "2", "--format", "png", "--out", "stopped"]
+    child = subprocess.Popen([sys.executable, "-m", "flows.cli", "generate", "--model", "models:/cond@champion", *request],
+                             cwd=tmp_path, env=_env(tmp_path, store), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    records = tmp_path / "stopped" / ".shards"
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(records.glob("part-*.json"))) < 2:
+            assert child.poll() is None and time.monotonic() < deadline, "generation ended before it was stopped"
+            time.sleep(0.02)
+        child.send_signal(signal.SIGTERM)
+        _, stderr = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: stopped by SIGTERM: the same command again finishes the request where it stopped"]
+    # The shards that were not started were left: far fewer than the 400 of the request are done.
+    assert len(list(records.glob("part-*.json"))) < 100 and not (tmp_path / "stopped" / "manifest.json").exists()
+
+    done = _command(tmp_path, store, *request)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "stopped" / "manifest.json").read_text())["rows"] == 40000

@@ -167,8 +167,16 @@ def make_shards(decode: Decoder, spec: SamplerSpec, request: Request, out: Path,
     workers = workers or cores()
     writers = png_writers(cores()) if "png" in request.formats else contextlib.nullcontext()
     with writers, ThreadPoolExecutor(workers, thread_name_prefix="shard") as pool:
-        for future in [pool.submit(make_shard, decode, spec, request, i, out) for i in range(num_shards(request))]:
-            future.result()
+        futures = [pool.submit(make_shard, decode, spec, request, i, out) for i in range(num_shards(request))]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            # A failed shard, Ctrl-C or SIGTERM: the shards not started are left to a rerun, and
+            # only those being made are waited for (the pool's exit would make every one).
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def evaluation_request(model: VAE, generate: GenerateConfig, evaluate: EvaluateConfig,
