@@ -34,6 +34,10 @@ prepare() {
 }
 
 on_device() {
+    if ! ls "$WHEELS"/*.whl "$DATA"/train-images-idx3-ubyte.gz >/dev/null 2>&1; then
+        echo "no $WHEELS or $DATA here: run 'bash benchmarks/device_check.sh prepare' first, and carry .device" >&2
+        return 1
+    fi
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl ||
         return 1
     export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 MLFLOW_DISABLE_TELEMETRY=true
