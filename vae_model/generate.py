@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import (
     Future,
     ProcessPoolExecutor,
@@ -155,8 +155,8 @@ def make_shard(decode: Decoder, spec: SamplerSpec, request: Request, shard: int,
     return record
 
 
-def _abandon(pending: deque[Future]) -> None:
-    """After a failure: drop the PNG blocks not started and wait for those being written."""
+def _abandon(pending: Collection[Future]) -> None:
+    """After a failure: drop the work not started (PNG blocks, shards) and wait for what runs."""
     for future in pending:
         future.cancel()
     wait(pending)
@@ -174,8 +174,7 @@ def make_shards(decode: Decoder, spec: SamplerSpec, request: Request, out: Path,
         except BaseException:
             # A failed shard, Ctrl-C or SIGTERM: the shards not started are left to a rerun, and
             # only those being made are waited for (the pool's exit would make every one).
-            for future in futures:
-                future.cancel()
+            _abandon(futures)
             raise
 
 
